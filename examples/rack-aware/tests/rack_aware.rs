@@ -1,0 +1,35 @@
+//! The site's plugin, compiled to WebAssembly and run in Slipway's real runtime by the SDK's
+//! harness, against the JSON fixtures beside this file.
+
+use std::path::Path;
+
+use slipway_plugin_sdk::harness::Harness;
+
+fn harness() -> Harness {
+    Harness::build_crate(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("building the plugin")
+}
+
+#[test]
+fn every_fixture_holds() {
+    let harness = harness();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let checked = harness.check_dir(&dir).expect("fixtures");
+    assert_eq!(checked, 3, "every fixture in {} ran", dir.display());
+}
+
+#[test]
+fn a_negative_weight_is_refused_by_the_plugin() {
+    let harness = harness();
+    let err = harness
+        .run_json(
+            r#"{ "config": { "rack-weight": -1 },
+                 "request": { "vcpus": 1, "memory_mib": 1, "arch": "x86_64", "anti_affinity_group": "g" },
+                 "hosts": [ { "id": "a", "arch": "x86_64", "vcpus_total": 1, "memory_total_mib": 1, "disk_total_mib": 1 } ] }"#,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("rack-weight and power-weight must not be negative"),
+        "{err:#}"
+    );
+}

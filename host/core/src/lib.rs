@@ -1,0 +1,12 @@
+//! Slipway's domain types: the words of `DESIGN.md` as Rust types, shared by the server, the agent,
+//! the plugin runtime and the command line. Nothing here does I/O; everything serialises with serde
+//! in the JSON shape the HTTP API uses (snake_case fields, lower-case enum values).
+
+pub mod hardware;
+pub mod host;
+pub mod placement;
+pub mod sample;
+
+pub use hardware::{Arch, Firmware, HostFeature};
+pub use host::HostSnapshot;
+pub use placement::PlacementRequest;

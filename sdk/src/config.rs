@@ -1,0 +1,27 @@
+//! The plugin's configuration: the manifest's `config` table with the site's overrides, as JSON.
+
+use serde::de::DeserializeOwned;
+
+/// Deserialises this plugin's configuration into `T`. Missing fields take `T`'s serde defaults;
+/// the error names the field at fault and is returned to the server as the call's failure.
+pub fn load<T: DeserializeOwned>() -> Result<T, String> {
+    parse(&raw())
+}
+
+/// Parses a configuration document. Separate from [`load`] so that native callers (tests,
+/// benchmarks) can configure a plugin without a host.
+pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, String> {
+    serde_json::from_str(json).map_err(|e| format!("invalid plugin configuration: {e}"))
+}
+
+/// The configuration document as the host passed it.
+pub fn raw() -> String {
+    #[cfg(target_family = "wasm")]
+    {
+        crate::bindings::host::config()
+    }
+    #[cfg(not(target_family = "wasm"))]
+    {
+        "{}".to_owned()
+    }
+}

@@ -1,0 +1,190 @@
+//! Placement plugins: filter and score hosts.
+//!
+//! Implement [`Placement`] and invoke [`export_placement!`](crate::export_placement). A decision
+//! calls your plugin once with the whole candidate list; the fleet arrives column by column (see
+//! [`Fleet`]), with labels and groups interned as indexes into `fleet.symbols`.
+
+use serde::de::DeserializeOwned;
+
+pub use crate::bindings::placement::exports::slipway::plugin::placement::{
+    DetailKind, Fleet, PlacementRequest, PluginInfo, Reason, Rejection,
+};
+pub use crate::bindings::types::{Arch, HostFeatures};
+
+/// A placement plugin.
+///
+/// `new` runs at the start of every call with the plugin's configuration; then `filter` or
+/// `score`. Both receive `candidates`, the indexes of the hosts still in the running; the fleet's
+/// columns are indexed by those numbers.
+pub trait Placement: Sized {
+    /// The plugin's configuration, deserialised from the manifest's `config` table.
+    type Config: DeserializeOwned;
+
+    /// Set when the plugin rejects hosts: `filter` is then called.
+    const FILTERS: bool = false;
+    /// Set when the plugin ranks hosts: `score` is then called.
+    const SCORES: bool = false;
+
+    /// Every reason `filter` may give, declared once so that the server can count and explain
+    /// rejections.
+    fn reasons() -> Vec<Reason> {
+        Vec::new()
+    }
+
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// Returns the candidates that cannot take the VM, each with a declared reason code.
+    fn filter(
+        &self,
+        request: &PlacementRequest,
+        fleet: &Fleet,
+        candidates: &[u32],
+    ) -> Result<Vec<Rejection>, String> {
+        let _ = (request, fleet, candidates);
+        Ok(Vec::new())
+    }
+
+    /// Returns one score per candidate, in order; higher is better, any finite scale.
+    fn score(
+        &self,
+        request: &PlacementRequest,
+        fleet: &Fleet,
+        candidates: &[u32],
+    ) -> Result<Vec<f64>, String> {
+        let _ = (request, fleet);
+        Ok(vec![0.0; candidates.len()])
+    }
+}
+
+/// A shorthand for declaring a reason.
+pub fn reason(code: u32, message: &str, detail: DetailKind) -> Reason {
+    Reason {
+        code,
+        message: message.to_owned(),
+        detail,
+    }
+}
+
+/// Views over the columnar fleet.
+impl Fleet {
+    /// The number of hosts.
+    pub fn len(&self) -> usize {
+        self.vcpus_total.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vcpus_total.is_empty()
+    }
+
+    /// The label ids of host `host`; each indexes `symbols`, as `key=value`.
+    pub fn labels(&self, host: u32) -> &[u32] {
+        span(&self.label_offsets, &self.label_ids, host)
+    }
+
+    /// The group ids of the VMs already on host `host`.
+    pub fn groups(&self, host: u32) -> &[u32] {
+        span(&self.group_offsets, &self.group_ids, host)
+    }
+
+    /// The interned string `id`, or `""` for an id out of range.
+    pub fn symbol(&self, id: u32) -> &str {
+        self.symbols.get(id as usize).map_or("", String::as_str)
+    }
+
+    /// The value of label `key` on host `host`, if it carries one.
+    pub fn label_value(&self, host: u32, key: &str) -> Option<&str> {
+        self.labels(host).iter().find_map(|&id| {
+            let (k, v) = self.symbol(id).split_once('=')?;
+            (k == key).then_some(v)
+        })
+    }
+}
+
+fn span<'a>(offsets: &[u32], ids: &'a [u32], host: u32) -> &'a [u32] {
+    let i = host as usize;
+    match (offsets.get(i), offsets.get(i + 1)) {
+        (Some(&start), Some(&end)) => ids.get(start as usize..end as usize).unwrap_or(&[]),
+        _ => &[],
+    }
+}
+
+#[doc(hidden)]
+pub mod __glue {
+    use super::*;
+
+    fn plugin<P: Placement>() -> Result<P, String> {
+        crate::log::install_panic_hook();
+        P::new(crate::config::load()?)
+    }
+
+    pub fn describe<P: Placement>() -> PluginInfo {
+        crate::log::install_panic_hook();
+        PluginInfo {
+            filters: P::FILTERS,
+            scores: P::SCORES,
+            reasons: P::reasons(),
+        }
+    }
+
+    pub fn filter<P: Placement>(
+        request: PlacementRequest,
+        fleet: Fleet,
+        candidates: Vec<u32>,
+    ) -> Result<Vec<Rejection>, String> {
+        plugin::<P>()?.filter(&request, &fleet, &candidates)
+    }
+
+    pub fn score<P: Placement>(
+        request: PlacementRequest,
+        fleet: Fleet,
+        candidates: Vec<u32>,
+    ) -> Result<Vec<f64>, String> {
+        plugin::<P>()?.score(&request, &fleet, &candidates)
+    }
+}
+
+/// Exports a [`Placement`] implementation as the component's `placement` interface.
+///
+/// Invoke it once, at the top level of the plugin crate. Natively it expands to a check that the
+/// type implements [`Placement`] and nothing else.
+#[macro_export]
+macro_rules! export_placement {
+    ($plugin:ty) => {
+        const _: fn() = || {
+            fn must_implement_placement<P: $crate::placement::Placement>() {}
+            must_implement_placement::<$plugin>();
+        };
+
+        #[cfg(target_family = "wasm")]
+        #[doc(hidden)]
+        pub struct __SlipwayPlacementExport;
+
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            use $crate::__private::placement::exports::slipway::plugin::placement as wit;
+            impl wit::Guest for __SlipwayPlacementExport {
+                fn describe() -> wit::PluginInfo {
+                    $crate::placement::__glue::describe::<$plugin>()
+                }
+                fn filter(
+                    request: wit::PlacementRequest,
+                    fleet: wit::Fleet,
+                    candidates: ::std::vec::Vec<u32>,
+                ) -> ::std::result::Result<::std::vec::Vec<wit::Rejection>, ::std::string::String>
+                {
+                    $crate::placement::__glue::filter::<$plugin>(request, fleet, candidates)
+                }
+                fn score(
+                    request: wit::PlacementRequest,
+                    fleet: wit::Fleet,
+                    candidates: ::std::vec::Vec<u32>,
+                ) -> ::std::result::Result<::std::vec::Vec<f64>, ::std::string::String> {
+                    $crate::placement::__glue::score::<$plugin>(request, fleet, candidates)
+                }
+            }
+        };
+
+        #[cfg(target_family = "wasm")]
+        $crate::__private::placement::export_placement_world!(__SlipwayPlacementExport);
+    };
+}
