@@ -87,6 +87,7 @@ impl Placement for RackAware {
     type Config = Config;
     const FILTERS: bool = true;
     const SCORES: bool = true;
+    const COLUMNS: FleetColumns = FleetColumns::LABELS.union(FleetColumns::GROUPS);
 
     fn reasons() -> Vec<Reason> {
         vec![reason(

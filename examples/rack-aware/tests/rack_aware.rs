@@ -2,11 +2,16 @@
 //! harness, against the JSON fixtures beside this file.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use slipway_plugin_sdk::harness::Harness;
 
-fn harness() -> Harness {
-    Harness::build_crate(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("building the plugin")
+/// The plugin is built once for all tests of this binary.
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        Harness::build_crate(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("building the plugin")
+    })
 }
 
 #[test]

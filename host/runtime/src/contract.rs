@@ -21,25 +21,29 @@ pub const SUPPORTED: &[&str] = &["0.1.0"];
 pub const PACKAGE: &str = "slipway:plugin";
 
 pub mod v0_1 {
-    //! Bindings for `slipway:plugin@0.1.x`. `types` and `host` are generated with the placement
-    //! world and shared by the others, so the same Rust type stands for the same WIT type.
+    //! Bindings for `slipway:plugin@0.1.x`.
 
-    pub mod placement {
-        wasmtime::component::bindgen!({
-            world: "placement-plugin",
-            path: "../../wit",
-            additional_derives: [PartialEq],
-        });
-    }
-
+    // `types` and `host` are generated once, owning, with the validation world; the others
+    // reuse them. The placement world borrows its parameters instead: a decision lends each
+    // plugin slices of one shared columnar fleet, and copying them into owned vectors per plugin
+    // would cost as much again as the call.
     pub mod validation {
         wasmtime::component::bindgen!({
             world: "validation-plugin",
             path: "../../wit",
             additional_derives: [PartialEq],
+        });
+    }
+
+    pub mod placement {
+        wasmtime::component::bindgen!({
+            world: "placement-plugin",
+            path: "../../wit",
+            ownership: Borrowing { duplicate_if_necessary: true },
+            additional_derives: [PartialEq],
             with: {
-                "slipway:plugin/types": super::placement::slipway::plugin::types,
-                "slipway:plugin/host": super::placement::slipway::plugin::host,
+                "slipway:plugin/types": super::validation::slipway::plugin::types,
+                "slipway:plugin/host": super::validation::slipway::plugin::host,
             },
         });
     }
@@ -50,8 +54,8 @@ pub mod v0_1 {
             path: "../../wit",
             additional_derives: [PartialEq],
             with: {
-                "slipway:plugin/types": super::placement::slipway::plugin::types,
-                "slipway:plugin/host": super::placement::slipway::plugin::host,
+                "slipway:plugin/types": super::validation::slipway::plugin::types,
+                "slipway:plugin/host": super::validation::slipway::plugin::host,
             },
         });
     }
@@ -62,13 +66,13 @@ pub mod v0_1 {
             path: "../../wit",
             additional_derives: [PartialEq],
             with: {
-                "slipway:plugin/types": super::placement::slipway::plugin::types,
-                "slipway:plugin/host": super::placement::slipway::plugin::host,
+                "slipway:plugin/types": super::validation::slipway::plugin::types,
+                "slipway:plugin/host": super::validation::slipway::plugin::host,
             },
         });
     }
 
-    pub use placement::slipway::plugin::{host, types};
+    pub use validation::slipway::plugin::{host, types};
 }
 
 pub use v0_1::types;

@@ -141,7 +141,7 @@ pub struct EffectiveLimits {
 /// Ceilings no manifest may exceed.
 pub const MAX_MEMORY_MIB: u32 = 4096;
 pub const MAX_DEADLINE_MS: u64 = 10 * 60 * 1000;
-pub const MAX_TABLE_ELEMENTS: u32 = 1_000_000;
+pub const MAX_TABLE_ELEMENTS: u32 = 100_000;
 pub const MAX_INSTANCES: u32 = 100;
 
 impl Limits {

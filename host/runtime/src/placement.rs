@@ -17,7 +17,7 @@ use crate::manifest::Manifest;
 use crate::runtime::PluginCore;
 use crate::state::Sandbox;
 
-pub use wit::{DetailKind, Fleet, PlacementRequest, Reason, Rejection};
+pub use wit::{DetailKind, FleetColumns, Reason, Rejection};
 
 /// A loaded placement plugin.
 #[derive(Clone)]
@@ -37,6 +37,112 @@ pub struct PlacementInfo {
     pub filters: bool,
     pub scores: bool,
     pub reasons: HashMap<u32, Reason>,
+    /// The fleet columns the plugin reads; only these are copied into it.
+    pub columns: FleetColumns,
+}
+
+/// What a VM needs from a host, in the numbers of one [`Fleet`]'s symbol table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementRequest {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disk_mib: u32,
+    pub arch: types::Arch,
+    pub features: types::HostFeatures,
+    pub required_labels: Vec<u32>,
+    pub anti_affinity_group: Option<u32>,
+    pub affinity_group: Option<u32>,
+}
+
+impl PlacementRequest {
+    fn wire(&self) -> wit::PlacementRequest<'_> {
+        wit::PlacementRequest {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_mib: self.disk_mib,
+            arch: self.arch,
+            features: self.features,
+            required_labels: &self.required_labels,
+            anti_affinity_group: self.anti_affinity_group,
+            affinity_group: self.affinity_group,
+        }
+    }
+}
+
+/// The candidate hosts of one decision, column by column (see `fleet` in `wit/placement.wit`).
+/// Built once per decision by [`FleetBuilder`]; each plugin is lent the columns it reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    pub hosts: u32,
+    pub symbols: Vec<String>,
+    pub vcpus_total: Vec<u32>,
+    pub vcpus_allocated: Vec<u32>,
+    pub memory_total_mib: Vec<u32>,
+    pub memory_allocated_mib: Vec<u32>,
+    pub memory_available_mib: Vec<u32>,
+    pub disk_total_mib: Vec<u32>,
+    pub disk_allocated_mib: Vec<u32>,
+    pub load_milli: Vec<u32>,
+    pub vms: Vec<u32>,
+    /// The index of the host's `arch` case.
+    pub arch: Vec<u8>,
+    /// The host's `host-features` bits.
+    pub features: Vec<u8>,
+    pub label_offsets: Vec<u32>,
+    pub label_ids: Vec<u32>,
+    pub group_offsets: Vec<u32>,
+    pub group_ids: Vec<u32>,
+}
+
+impl Fleet {
+    /// The number of hosts.
+    pub fn len(&self) -> usize {
+        self.hosts as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts == 0
+    }
+
+    /// The wire form a plugin that reads `columns` is given: those columns, the rest empty.
+    fn view<'a>(&'a self, columns: FleetColumns, symbols: &'a [&'a str]) -> wit::Fleet<'a> {
+        let pick = |column: FleetColumns, data: &'a [u32]| -> &'a [u32] {
+            if columns.contains(column) { data } else { &[] }
+        };
+        let pick8 = |column: FleetColumns, data: &'a [u8]| -> &'a [u8] {
+            if columns.contains(column) { data } else { &[] }
+        };
+        wit::Fleet {
+            hosts: self.hosts,
+            symbols,
+            vcpus_total: pick(FleetColumns::VCPUS, &self.vcpus_total),
+            vcpus_allocated: pick(FleetColumns::VCPUS, &self.vcpus_allocated),
+            memory_total_mib: pick(FleetColumns::MEMORY, &self.memory_total_mib),
+            memory_allocated_mib: pick(FleetColumns::MEMORY, &self.memory_allocated_mib),
+            memory_available_mib: pick(FleetColumns::MEMORY_AVAILABLE, &self.memory_available_mib),
+            disk_total_mib: pick(FleetColumns::DISK, &self.disk_total_mib),
+            disk_allocated_mib: pick(FleetColumns::DISK, &self.disk_allocated_mib),
+            load_milli: pick(FleetColumns::LOAD, &self.load_milli),
+            vms: pick(FleetColumns::VMS, &self.vms),
+            arch: pick8(FleetColumns::ARCH, &self.arch),
+            features: pick8(FleetColumns::FEATURES, &self.features),
+            label_offsets: pick(FleetColumns::LABELS, &self.label_offsets),
+            label_ids: pick(FleetColumns::LABELS, &self.label_ids),
+            group_offsets: pick(FleetColumns::GROUPS, &self.group_offsets),
+            group_ids: pick(FleetColumns::GROUPS, &self.group_ids),
+        }
+    }
+
+    /// Calls `f` with the view of this fleet for a plugin reading `columns`.
+    fn lend<R>(&self, columns: FleetColumns, f: impl FnOnce(wit::Fleet<'_>) -> R) -> R {
+        let symbols: Vec<&str> = if columns.intersects(FleetColumns::LABELS | FleetColumns::GROUPS)
+        {
+            self.symbols.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
+        f(self.view(columns, &symbols))
+    }
 }
 
 impl PlacementPlugin {
@@ -59,6 +165,7 @@ impl PlacementPlugin {
                 });
             }
         }
+        let columns = described.columns;
         if !described.filters && !described.scores {
             return Err(PluginError::InvalidResult {
                 plugin: core.name.to_string(),
@@ -71,6 +178,7 @@ impl PlacementPlugin {
                     filters: described.filters,
                     scores: described.scores,
                     reasons,
+                    columns,
                 },
                 core,
                 pre,
@@ -98,14 +206,20 @@ impl PlacementPlugin {
         fleet: &Fleet,
         candidates: &[u32],
     ) -> Result<Vec<Rejection>, PluginError> {
-        let rejections = self.inner.core.call(
-            Sandbox::Closed,
-            |store| self.inner.pre.instantiate(store),
-            |b: &Bindings, store| {
-                b.slipway_plugin_placement()
-                    .call_filter(store, request, fleet, candidates)
-            },
-        )?;
+        let rejections = fleet.lend(self.inner.info.columns, |view| {
+            self.inner.core.call(
+                Sandbox::Closed,
+                |store| self.inner.pre.instantiate(store),
+                |b: &Bindings, store| {
+                    b.slipway_plugin_placement().call_filter(
+                        store,
+                        request.wire(),
+                        view,
+                        candidates,
+                    )
+                },
+            )
+        })?;
         self.check_rejections(&rejections, fleet, candidates)?;
         Ok(rejections)
     }
@@ -117,14 +231,16 @@ impl PlacementPlugin {
         fleet: &Fleet,
         candidates: &[u32],
     ) -> Result<Vec<f64>, PluginError> {
-        let scores = self.inner.core.call(
-            Sandbox::Closed,
-            |store| self.inner.pre.instantiate(store),
-            |b: &Bindings, store| {
-                b.slipway_plugin_placement()
-                    .call_score(store, request, fleet, candidates)
-            },
-        )?;
+        let scores = fleet.lend(self.inner.info.columns, |view| {
+            self.inner.core.call(
+                Sandbox::Closed,
+                |store| self.inner.pre.instantiate(store),
+                |b: &Bindings, store| {
+                    b.slipway_plugin_placement()
+                        .call_score(store, request.wire(), view, candidates)
+                },
+            )
+        })?;
         if scores.len() != candidates.len() {
             return Err(self.invalid(format!(
                 "{} scores for {} candidates",
@@ -150,7 +266,7 @@ impl PlacementPlugin {
         const OTHER: u8 = 0;
         const CANDIDATE: u8 = 1;
         const REJECTED: u8 = 2;
-        let mut seen = vec![OTHER; fleet.vcpus_total.len()];
+        let mut seen = vec![OTHER; fleet.len()];
         for &c in candidates {
             if let Some(s) = seen.get_mut(c as usize) {
                 *s = CANDIDATE;
@@ -198,6 +314,7 @@ pub struct FleetBuilder {
 impl Default for Fleet {
     fn default() -> Self {
         Fleet {
+            hosts: 0,
             symbols: Vec::new(),
             vcpus_total: Vec::new(),
             vcpus_allocated: Vec::new(),
@@ -271,19 +388,20 @@ impl FleetBuilder {
             self.fleet.group_ids.push(id);
         }
         let f = &mut self.fleet;
+        f.hosts += 1;
         f.label_offsets.push(f.label_ids.len() as u32);
         f.group_offsets.push(f.group_ids.len() as u32);
         f.vcpus_total.push(h.vcpus_total);
         f.vcpus_allocated.push(h.vcpus_allocated);
-        f.memory_total_mib.push(h.memory_total_mib);
-        f.memory_allocated_mib.push(h.memory_allocated_mib);
-        f.memory_available_mib.push(h.memory_available_mib());
-        f.disk_total_mib.push(h.disk_total_mib);
-        f.disk_allocated_mib.push(h.disk_allocated_mib);
+        f.memory_total_mib.push(mib(h.memory_total_mib));
+        f.memory_allocated_mib.push(mib(h.memory_allocated_mib));
+        f.memory_available_mib.push(mib(h.memory_available_mib()));
+        f.disk_total_mib.push(mib(h.disk_total_mib));
+        f.disk_allocated_mib.push(mib(h.disk_allocated_mib));
         f.load_milli.push(h.load_milli);
         f.vms.push(h.vms);
-        f.arch.push(arch(h.arch));
-        f.features.push(features(&h.features));
+        f.arch.push(arch(h.arch) as u8);
+        f.features.push(feature_bits(&h.features));
     }
 
     /// The numeric form of a request against this fleet's symbols. Labels no host carries still
@@ -296,8 +414,8 @@ impl FleetBuilder {
             .collect();
         PlacementRequest {
             vcpus: r.vcpus,
-            memory_mib: r.memory_mib,
-            disk_mib: r.disk_mib,
+            memory_mib: mib(r.memory_mib),
+            disk_mib: mib(r.disk_mib),
             arch: arch(r.arch),
             features: features(&r.features),
             required_labels,
@@ -323,17 +441,27 @@ pub fn arch(a: Arch) -> types::Arch {
 
 pub fn features(list: &[HostFeature]) -> types::HostFeatures {
     list.iter()
-        .fold(types::HostFeatures::empty(), |acc, f| acc | feature(*f))
+        .fold(types::HostFeatures::empty(), |acc, f| acc | feature(*f).0)
 }
 
-fn feature(f: HostFeature) -> types::HostFeatures {
+/// The `host-features` bits of the fleet's `features` column: bit i is the i-th flag.
+pub fn feature_bits(list: &[HostFeature]) -> u8 {
+    list.iter().fold(0, |acc, f| acc | feature(*f).1)
+}
+
+fn feature(f: HostFeature) -> (types::HostFeatures, u8) {
     match f {
-        HostFeature::Kvm => types::HostFeatures::KVM,
-        HostFeature::Uefi => types::HostFeatures::UEFI,
-        HostFeature::NestedVirt => types::HostFeatures::NESTED_VIRT,
-        HostFeature::Hugepages => types::HostFeatures::HUGEPAGES,
-        HostFeature::Iommu => types::HostFeatures::IOMMU,
+        HostFeature::Kvm => (types::HostFeatures::KVM, 1 << 0),
+        HostFeature::Uefi => (types::HostFeatures::UEFI, 1 << 1),
+        HostFeature::NestedVirt => (types::HostFeatures::NESTED_VIRT, 1 << 2),
+        HostFeature::Hugepages => (types::HostFeatures::HUGEPAGES, 1 << 3),
+        HostFeature::Iommu => (types::HostFeatures::IOMMU, 1 << 4),
     }
+}
+
+/// MiB as the contract carries them: a `u32` (4 PiB), saturating.
+fn mib(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
 }
 
 /// One placement step of a pipeline: a plugin, and for scorers the weight of its scores.
@@ -391,7 +519,7 @@ impl Pipeline {
         request: &PlacementRequest,
         fleet: &Fleet,
     ) -> Result<Decision, PluginError> {
-        let considered = fleet.vcpus_total.len();
+        let considered = fleet.len();
         let mut candidates: Vec<u32> = (0..considered as u32).collect();
         let mut rejections = Vec::new();
         for step in self.steps.iter().filter(|s| s.plugin.info().filters) {
@@ -456,7 +584,8 @@ pub fn combine(n: usize, scored: &[(Vec<f64>, f64)]) -> Vec<f64> {
                 (lo.min(s), hi.max(s))
             });
         let range = max - min;
-        if !(range > 0.0) {
+        // All equal (or a single survivor): this scorer has no preference.
+        if range.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
         for (t, s) in totals.iter_mut().zip(scores) {
@@ -488,7 +617,7 @@ impl Decision {
                 None => counts.push((key, 1)),
             }
         }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         let mut line = format!("{}/{} hosts fit", self.survivors.len(), self.considered);
         if !counts.is_empty() {
             line.push_str(": ");

@@ -61,7 +61,7 @@ fn small_decision() -> (
 }
 
 fn all_hosts(fleet: &slipway_runtime::placement::Fleet) -> Vec<u32> {
-    (0..fleet.vcpus_total.len() as u32).collect()
+    (0..fleet.len() as u32).collect()
 }
 
 mod loading {

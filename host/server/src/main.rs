@@ -1,1 +1,213 @@
-fn main() {}
+//! `slipway`: the provisioning server and its command line.
+//!
+//! For now it runs Slipway's placement pipeline — the first-party plugins, compiled to
+//! WebAssembly and hosted by the plugin runtime — over a generated sample fleet or a fleet read
+//! from JSON, and explains the choice. The server itself (catalog, API, jobs) comes next.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use slipway_core::{Arch, HostSnapshot, PlacementRequest, sample};
+use slipway_runtime::placement::{FleetBuilder, Pipeline, Step};
+use slipway_runtime::{PluginPackage, Runtime, RuntimeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "Provision virtual machines from a catalog, with policies as WebAssembly plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Choose a host for one VM with the placement plugins, and explain the choice.
+    Place(PlaceArgs),
+}
+
+#[derive(Parser)]
+struct PlaceArgs {
+    /// A directory of plugin directories (each with plugin.toml and its component).
+    #[arg(long, env = "SLIPWAY_PLUGINS")]
+    plugins: PathBuf,
+    /// Read the fleet from a JSON file (a list of hosts) instead of generating one.
+    #[arg(long, conflicts_with_all = ["hosts", "seed"])]
+    fleet: Option<PathBuf>,
+    /// Hosts in the generated sample fleet.
+    #[arg(long, default_value_t = 1000)]
+    hosts: usize,
+    /// Seed of the generated fleet.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 2)]
+    vcpus: u32,
+    #[arg(long, default_value_t = 4096)]
+    memory_mib: u64,
+    #[arg(long, default_value_t = 20_480)]
+    disk_mib: u64,
+    #[arg(long, value_enum, default_value_t = ArchArg::X86_64)]
+    arch: ArchArg,
+    /// A label the host must carry, `key=value`; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// No two VMs of this group on one host.
+    #[arg(long)]
+    anti_affinity: Option<String>,
+    /// Pack VMs onto few hosts, or spread them out.
+    #[arg(long, value_enum, default_value_t = Strategy::Binpack)]
+    strategy: Strategy,
+    /// How many of the best hosts to list.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ArchArg {
+    #[value(name = "x86_64")]
+    X86_64,
+    Aarch64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Strategy {
+    Binpack,
+    Spread,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} must be written key=value"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match try_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Place(args) => place(args),
+    }
+}
+
+fn load_step(runtime: &Runtime, dir: &Path, name: &str, weight: f64) -> anyhow::Result<Step> {
+    let package = PluginPackage::read(&dir.join(name))
+        .with_context(|| format!("reading plugin {name} from {}", dir.display()))?;
+    let plugin = runtime
+        .load(package.manifest, &package.component)?
+        .into_placement()
+        .with_context(|| format!("{name} is not a placement plugin"))?;
+    Ok(Step { plugin, weight })
+}
+
+fn place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
+    let cache = args.plugins.join(".compiled");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache),
+        ..RuntimeConfig::default()
+    })?;
+    let started = Instant::now();
+    let scorer = match args.strategy {
+        Strategy::Binpack => "binpack-score",
+        Strategy::Spread => "spread-score",
+    };
+    let pipeline = Pipeline::new(vec![
+        load_step(&runtime, &args.plugins, "capacity-filter", 1.0)?,
+        load_step(&runtime, &args.plugins, "label-filter", 1.0)?,
+        load_step(&runtime, &args.plugins, scorer, 1.0)?,
+    ]);
+    let loaded = started.elapsed();
+
+    let hosts: Vec<HostSnapshot> = match &args.fleet {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => sample::fleet(args.hosts, args.seed),
+    };
+    if hosts.is_empty() {
+        bail!("the fleet has no hosts");
+    }
+    let request = PlacementRequest {
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        disk_mib: args.disk_mib,
+        arch: match args.arch {
+            ArchArg::X86_64 => Arch::X86_64,
+            ArchArg::Aarch64 => Arch::Aarch64,
+        },
+        features: Vec::new(),
+        required_labels: args.labels.into_iter().collect(),
+        anti_affinity_group: args.anti_affinity,
+        affinity_group: None,
+    };
+
+    let started = Instant::now();
+    let mut builder = FleetBuilder::from_hosts(&hosts);
+    let wire_request = builder.request(&request);
+    let fleet = builder.finish();
+    let decision = pipeline.decide(&wire_request, &fleet)?;
+    let decided = started.elapsed();
+
+    println!(
+        "plugins: {} (loaded in {:.1} ms)",
+        pipeline
+            .steps()
+            .iter()
+            .map(|s| s.plugin.name())
+            .collect::<Vec<_>>()
+            .join(" → "),
+        loaded.as_secs_f64() * 1e3
+    );
+    println!("{}", decision.summary());
+    let mut ranked: Vec<(u32, f64)> = decision
+        .survivors
+        .iter()
+        .copied()
+        .zip(decision.totals.iter().copied())
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (host, total) in ranked.iter().take(args.top) {
+        let h = &hosts[*host as usize];
+        println!(
+            "  {:<12} score {total:.3}  vCPUs {}/{}  memory {}/{} MiB  {:?}",
+            h.id,
+            h.vcpus_allocated,
+            h.vcpus_total,
+            h.memory_allocated_mib,
+            h.memory_total_mib,
+            h.labels
+        );
+    }
+    println!("decided in {:.2} ms", decided.as_secs_f64() * 1e3);
+    match decision.chosen {
+        Some(host) => {
+            println!("chosen: {}", hosts[host as usize].id);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            println!("no host can take this VM");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -35,6 +35,7 @@ pub fn utilisation(used: f64, add: f64, total: f64) -> f64 {
 impl Placement for BinpackScore {
     type Config = Config;
     const SCORES: bool = true;
+    const COLUMNS: FleetColumns = FleetColumns::VCPUS.union(FleetColumns::MEMORY);
 
     fn new(config: Config) -> Result<Self, String> {
         check_weights(config.cpu_weight, config.memory_weight)?;
@@ -62,9 +63,9 @@ impl Placement for BinpackScore {
                     f.vcpus_total[h].into(),
                 );
                 let memory = utilisation(
-                    f.memory_allocated_mib[h] as f64,
-                    r.memory_mib as f64,
-                    f.memory_total_mib[h] as f64,
+                    f.memory_allocated_mib[h].into(),
+                    r.memory_mib.into(),
+                    f.memory_total_mib[h].into(),
                 );
                 (cpu_weight * cpu + memory_weight * memory) / sum
             })
@@ -74,7 +75,8 @@ impl Placement for BinpackScore {
 
 /// Weights must be non-negative and not all zero.
 pub fn check_weights(cpu: f64, memory: f64) -> Result<(), String> {
-    if !(cpu >= 0.0 && memory >= 0.0 && cpu + memory > 0.0 && (cpu + memory).is_finite()) {
+    let valid = cpu.is_finite() && memory.is_finite() && cpu >= 0.0 && memory >= 0.0;
+    if !valid || cpu + memory <= 0.0 {
         return Err(format!(
             "cpu-weight ({cpu}) and memory-weight ({memory}) must be non-negative and not both zero"
         ));

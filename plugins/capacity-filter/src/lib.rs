@@ -52,6 +52,12 @@ fn capacity(total: u64, ratio: f64) -> u64 {
 impl Placement for CapacityFilter {
     type Config = Config;
     const FILTERS: bool = true;
+    const COLUMNS: FleetColumns = FleetColumns::ARCH
+        .union(FleetColumns::FEATURES)
+        .union(FleetColumns::VCPUS)
+        .union(FleetColumns::MEMORY)
+        .union(FleetColumns::MEMORY_AVAILABLE)
+        .union(FleetColumns::DISK);
 
     fn reasons() -> Vec<Reason> {
         vec![
@@ -96,12 +102,13 @@ impl Placement for CapacityFilter {
                 reason,
                 detail,
             };
-            if f.arch[h] != r.arch {
+            if f.arch(host) != Some(r.arch) {
                 out.push(reject(ARCH, 0));
                 continue;
             }
-            if !f.features[h].contains(r.features) {
-                let missing = r.features.difference(f.features[h]);
+            let features = f.features(host);
+            if !features.contains(r.features) {
+                let missing = r.features.difference(features);
                 out.push(reject(FEATURES, missing.bits().into()));
                 continue;
             }
@@ -111,24 +118,24 @@ impl Placement for CapacityFilter {
                 out.push(reject(VCPUS, u64::from(r.vcpus) - vcpus_free));
                 continue;
             }
-            let memory_free = capacity(f.memory_total_mib[h], c.memory_allocation_ratio)
+            let memory = u64::from(r.memory_mib);
+            let memory_free = capacity(f.memory_total_mib[h].into(), c.memory_allocation_ratio)
                 .saturating_sub(c.reserved_memory_mib)
-                .saturating_sub(f.memory_allocated_mib[h]);
-            if memory_free < r.memory_mib {
-                out.push(reject(MEMORY, r.memory_mib - memory_free));
+                .saturating_sub(f.memory_allocated_mib[h].into());
+            if memory_free < memory {
+                out.push(reject(MEMORY, memory - memory_free));
                 continue;
             }
-            if c.check_available_memory && f.memory_available_mib[h] < r.memory_mib {
-                out.push(reject(
-                    MEMORY_AVAILABLE,
-                    r.memory_mib - f.memory_available_mib[h],
-                ));
+            let available = u64::from(f.memory_available_mib[h]);
+            if c.check_available_memory && available < memory {
+                out.push(reject(MEMORY_AVAILABLE, memory - available));
                 continue;
             }
-            let disk_free = capacity(f.disk_total_mib[h], c.disk_allocation_ratio)
-                .saturating_sub(f.disk_allocated_mib[h]);
-            if disk_free < r.disk_mib {
-                out.push(reject(DISK, r.disk_mib - disk_free));
+            let disk = u64::from(r.disk_mib);
+            let disk_free = capacity(f.disk_total_mib[h].into(), c.disk_allocation_ratio)
+                .saturating_sub(f.disk_allocated_mib[h].into());
+            if disk_free < disk {
+                out.push(reject(DISK, disk - disk_free));
             }
         }
         Ok(out)

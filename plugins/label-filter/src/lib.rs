@@ -24,6 +24,7 @@ pub struct LabelFilter(Config);
 impl Placement for LabelFilter {
     type Config = Config;
     const FILTERS: bool = true;
+    const COLUMNS: FleetColumns = FleetColumns::LABELS.union(FleetColumns::GROUPS);
 
     fn reasons() -> Vec<Reason> {
         vec![

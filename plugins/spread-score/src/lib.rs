@@ -29,6 +29,9 @@ pub struct SpreadScore(Config);
 impl Placement for SpreadScore {
     type Config = Config;
     const SCORES: bool = true;
+    const COLUMNS: FleetColumns = FleetColumns::VCPUS
+        .union(FleetColumns::MEMORY)
+        .union(FleetColumns::LOAD);
 
     fn new(config: Config) -> Result<Self, String> {
         let Config {
@@ -36,9 +39,10 @@ impl Placement for SpreadScore {
             memory_weight,
             load_weight,
         } = config;
-        if !(cpu_weight >= 0.0 && memory_weight >= 0.0 && load_weight >= 0.0)
-            || !(cpu_weight + memory_weight + load_weight > 0.0)
-        {
+        let weights = [cpu_weight, memory_weight, load_weight];
+        let valid =
+            weights.iter().all(|w| w.is_finite() && *w >= 0.0) && weights.iter().sum::<f64>() > 0.0;
+        if !valid {
             return Err("weights must be non-negative and not all zero".into());
         }
         Ok(Self(config))
@@ -69,9 +73,9 @@ impl Placement for SpreadScore {
                 let cpus = f64::from(f.vcpus_total[h]);
                 let cpu = free(f.vcpus_allocated[h].into(), r.vcpus.into(), cpus);
                 let memory = free(
-                    f.memory_allocated_mib[h] as f64,
-                    r.memory_mib as f64,
-                    f.memory_total_mib[h] as f64,
+                    f.memory_allocated_mib[h].into(),
+                    r.memory_mib.into(),
+                    f.memory_total_mib[h].into(),
                 );
                 let load = if cpus > 0.0 {
                     -(f64::from(f.load_milli[h]) / 1000.0 / cpus)

@@ -8,6 +8,7 @@ use slipway_runtime::placement::{self as rt, Fleet, PlacementRequest};
 /// The SDK's (guest-side) types for a host-side fleet: the same columns, moved across.
 pub fn fleet(f: &Fleet) -> sdk::Fleet {
     sdk::Fleet {
+        hosts: f.hosts,
         symbols: f.symbols.clone(),
         vcpus_total: f.vcpus_total.clone(),
         vcpus_allocated: f.vcpus_allocated.clone(),
@@ -18,8 +19,8 @@ pub fn fleet(f: &Fleet) -> sdk::Fleet {
         disk_allocated_mib: f.disk_allocated_mib.clone(),
         load_milli: f.load_milli.clone(),
         vms: f.vms.clone(),
-        arch: f.arch.iter().map(|a| arch(*a)).collect(),
-        features: f.features.iter().map(|x| features(*x)).collect(),
+        arch: f.arch.clone(),
+        features: f.features.clone(),
         label_offsets: f.label_offsets.clone(),
         label_ids: f.label_ids.clone(),
         group_offsets: f.group_offsets.clone(),
@@ -74,13 +75,13 @@ pub fn configured<P: Placement>(manifest_dir: &str) -> P {
     P::new(slipway_plugin_sdk::config::parse(&manifest.config_json()).unwrap()).unwrap()
 }
 
+type NativeFilter = dyn Fn(&sdk::PlacementRequest, &sdk::Fleet, &[u32]) -> Vec<sdk::Rejection>;
+type NativeScore = dyn Fn(&sdk::PlacementRequest, &sdk::Fleet, &[u32]) -> Vec<f64>;
+
 /// The native version of a pipeline step.
 pub enum NativeStep {
-    Filter(Box<dyn Fn(&sdk::PlacementRequest, &sdk::Fleet, &[u32]) -> Vec<sdk::Rejection>>),
-    Score(
-        Box<dyn Fn(&sdk::PlacementRequest, &sdk::Fleet, &[u32]) -> Vec<f64>>,
-        f64,
-    ),
+    Filter(Box<NativeFilter>),
+    Score(Box<NativeScore>, f64),
 }
 
 pub fn filter<P: Placement + 'static>(p: P) -> NativeStep {
