@@ -4,20 +4,28 @@
 //! (in the repository's `wit/`). This crate hides the generated bindings: you implement one trait
 //! for your plugin kind and invoke one export macro.
 //!
-//! ```ignore
+//! ```
 //! use slipway_plugin_sdk::placement::*;
 //!
 //! #[derive(Default, serde::Deserialize)]
-//! struct Config { weight_by_load: bool }
+//! #[serde(default)]
+//! struct Config { per_vm_penalty: f64 }
 //!
+//! /// Prefers hosts with little load and few VMs.
 //! struct LeastLoaded(Config);
 //!
 //! impl Placement for LeastLoaded {
 //!     type Config = Config;
 //!     const SCORES: bool = true;
+//!     const COLUMNS: FleetColumns = FleetColumns::LOAD.union(FleetColumns::VMS);
+//!
 //!     fn new(config: Config) -> Result<Self, String> { Ok(Self(config)) }
+//!
 //!     fn score(&self, _: &PlacementRequest, fleet: &Fleet, candidates: &[u32]) -> Result<Vec<f64>, String> {
-//!         Ok(candidates.iter().map(|&h| -(fleet.load_milli[h as usize] as f64)).collect())
+//!         Ok(candidates.iter().map(|&h| {
+//!             let h = h as usize;
+//!             -f64::from(fleet.load_milli[h]) - self.0.per_vm_penalty * f64::from(fleet.vms[h])
+//!         }).collect())
 //!     }
 //! }
 //!

@@ -38,3 +38,19 @@ fn a_negative_weight_is_refused_by_the_plugin() {
         "{err:#}"
     );
 }
+
+#[test]
+fn a_wrong_expectation_fails_with_what_differed() {
+    let fixture: slipway_plugin_sdk::harness::Fixture = serde_json::from_str(
+        r#"{ "request": { "vcpus": 1, "memory_mib": 1, "arch": "x86_64", "anti_affinity_group": "g" },
+             "hosts": [
+               { "id": "a", "arch": "x86_64", "vcpus_total": 1, "memory_total_mib": 1, "disk_total_mib": 1,
+                 "labels": { "rack": "r1" }, "groups": ["g"] },
+               { "id": "b", "arch": "x86_64", "vcpus_total": 1, "memory_total_mib": 1, "disk_total_mib": 1,
+                 "labels": { "rack": "r2" } } ],
+             "expect": { "chosen": "a" } }"#,
+    )
+    .unwrap();
+    let err = harness().check(&fixture).unwrap_err().to_string();
+    assert_eq!(err, r#"expected a to be chosen; ranking was ["b", "a"]"#);
+}

@@ -1,5 +1,6 @@
 //! A plugin on disk: a directory with `plugin.toml` and the component it names.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{Manifest, ManifestError};
@@ -27,6 +28,20 @@ pub enum PackageError {
         #[source]
         source: std::io::Error,
     },
+    /// A plugins directory could not be listed.
+    #[error("cannot list plugins in {path}")]
+    List {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Two plugin directories hold plugins of the same name.
+    #[error("two plugins are named {name}: in {first} and {second}")]
+    Duplicate {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     /// The component file is larger than the runtime accepts.
     #[error("plugin component {path} is {size} bytes; at most {MAX_COMPONENT_BYTES} are accepted")]
     TooLarge { path: PathBuf, size: u64 },
@@ -52,4 +67,32 @@ impl PluginPackage {
             dir: dir.to_owned(),
         })
     }
+}
+
+/// Finds the plugins in `dir`: every subdirectory with a `plugin.toml`, by the name its manifest
+/// gives. Only manifests are read; components are read when a plugin is wanted.
+pub fn discover(dir: &Path) -> Result<BTreeMap<String, PathBuf>, PackageError> {
+    let list_error = |source| PackageError::List {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(list_error)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("plugin.toml").is_file())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let manifest = Manifest::from_path(&path.join("plugin.toml"))?;
+        if let Some(first) = found.get(&manifest.name) {
+            return Err(PackageError::Duplicate {
+                name: manifest.name,
+                first: first.clone(),
+                second: path,
+            });
+        }
+        found.insert(manifest.name, path);
+    }
+    Ok(found)
 }

@@ -630,3 +630,103 @@ impl Decision {
         line
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn host(id: &str, labels: &[(&str, &str)], groups: &[&str]) -> HostSnapshot {
+        HostSnapshot {
+            id: id.into(),
+            arch: Arch::Aarch64,
+            vcpus_total: 8,
+            vcpus_allocated: 2,
+            memory_total_mib: 8 << 30,
+            memory_allocated_mib: 0,
+            memory_available_mib: None,
+            disk_total_mib: 100,
+            disk_allocated_mib: 0,
+            load_milli: 0,
+            vms: 0,
+            features: vec![HostFeature::Uefi, HostFeature::Iommu],
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn labels_and_groups_are_interned_once_and_spanned_per_host() {
+        let hosts = [
+            host("a", &[("rack", "r1"), ("tier", "gold")], &["web"]),
+            host("b", &[("rack", "r1")], &[]),
+            host("c", &[], &["web", "db"]),
+        ];
+        let mut b = FleetBuilder::from_hosts(&hosts);
+        let r = b.request(&CoreRequest {
+            vcpus: 1,
+            memory_mib: 1,
+            disk_mib: 0,
+            arch: Arch::Aarch64,
+            features: vec![],
+            required_labels: BTreeMap::from([("zone".into(), "z9".into())]),
+            anti_affinity_group: Some("web".into()),
+            affinity_group: None,
+        });
+        let f = b.finish();
+        assert_eq!(f.symbols, ["rack=r1", "tier=gold", "web", "db", "zone=z9"]);
+        assert_eq!(f.label_offsets, [0, 2, 3, 3]);
+        assert_eq!(f.label_ids, [0, 1, 0]);
+        assert_eq!(f.group_offsets, [0, 1, 1, 3]);
+        assert_eq!(f.group_ids, [2, 2, 3]);
+        assert_eq!(
+            r.required_labels,
+            [4],
+            "a label no host has still gets a symbol"
+        );
+        assert_eq!(r.anti_affinity_group, Some(2));
+        assert_eq!(f.arch, [1, 1, 1], "aarch64 is the arch enum's case 1");
+        assert_eq!(f.features[0], 0b10010, "uefi is bit 1, iommu bit 4");
+        assert_eq!(
+            f.memory_total_mib[0],
+            u32::MAX,
+            "sizes beyond u32 MiB saturate"
+        );
+    }
+
+    #[test]
+    fn scores_are_normalised_per_scorer_then_weighted() {
+        let totals = combine(
+            3,
+            &[
+                (vec![10.0, 20.0, 30.0], 1.0),
+                (vec![5.0, 5.0, 5.0], 100.0),
+                (vec![1.0, 0.0, 0.0], 2.0),
+            ],
+        );
+        assert_eq!(totals, [2.0, 0.5, 1.0]);
+        assert_eq!(best(&[7, 8, 9], &totals), Some(7));
+    }
+
+    #[test]
+    fn ties_go_to_the_first_candidate() {
+        assert_eq!(best(&[4, 2, 9], &[1.0, 1.0, 0.5]), Some(4));
+        assert_eq!(best(&[], &[]), None);
+    }
+
+    #[test]
+    fn rejected_hosts_leave_the_candidates_in_order() {
+        let mut candidates = vec![0, 2, 3, 5];
+        let r = |host| Rejection {
+            host,
+            reason: 1,
+            detail: 0,
+        };
+        remove_rejected(&mut candidates, &[r(3), r(0), r(99)], 6);
+        assert_eq!(candidates, [2, 5]);
+    }
+}

@@ -4,7 +4,8 @@
 //! WebAssembly and hosted by the plugin runtime — over a generated sample fleet or a fleet read
 //! from JSON, and explains the choice. The server itself (catalog, API, jobs) comes next.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -109,8 +110,19 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load_step(runtime: &Runtime, dir: &Path, name: &str, weight: f64) -> anyhow::Result<Step> {
-    let package = PluginPackage::read(&dir.join(name))
+fn load_step(
+    runtime: &Runtime,
+    found: &BTreeMap<String, PathBuf>,
+    name: &str,
+    weight: f64,
+) -> anyhow::Result<Step> {
+    let dir = found.get(name).with_context(|| {
+        format!(
+            "no plugin named {name} among {}",
+            found.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let package = PluginPackage::read(dir)
         .with_context(|| format!("reading plugin {name} from {}", dir.display()))?;
     let plugin = runtime
         .load(package.manifest, &package.component)?
@@ -120,7 +132,9 @@ fn load_step(runtime: &Runtime, dir: &Path, name: &str, weight: f64) -> anyhow::
 }
 
 fn place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
-    let cache = args.plugins.join(".compiled");
+    let cache = std::env::var_os("SLIPWAY_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| args.plugins.join(".compiled"));
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache),
         ..RuntimeConfig::default()
@@ -130,10 +144,11 @@ fn place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
         Strategy::Binpack => "binpack-score",
         Strategy::Spread => "spread-score",
     };
+    let found = slipway_runtime::package::discover(&args.plugins)?;
     let pipeline = Pipeline::new(vec![
-        load_step(&runtime, &args.plugins, "capacity-filter", 1.0)?,
-        load_step(&runtime, &args.plugins, "label-filter", 1.0)?,
-        load_step(&runtime, &args.plugins, scorer, 1.0)?,
+        load_step(&runtime, &found, "capacity-filter", 1.0)?,
+        load_step(&runtime, &found, "label-filter", 1.0)?,
+        load_step(&runtime, &found, scorer, 1.0)?,
     ]);
     let loaded = started.elapsed();
 
