@@ -151,8 +151,17 @@ fn main() {
         let r = b.request(&request);
         let fleet = b.finish();
         let all: Vec<u32> = (0..10_000).collect();
-        for step in wasm.steps() {
+        let (nr, nf) = (native::request(&r), native::fleet(&fleet));
+        for (step, native_step) in wasm.steps().iter().zip(&native_steps) {
             let p = &step.plugin;
+            let t_native = match native_step {
+                native::NativeStep::Filter(f) => median(samples, || {
+                    std::hint::black_box(f(&nr, &nf, &all));
+                }),
+                native::NativeStep::Score(s, _) => median(samples, || {
+                    std::hint::black_box(s(&nr, &nf, &all));
+                }),
+            };
             let t = if p.info().filters {
                 median(samples, || {
                     std::hint::black_box(p.filter(&r, &fleet, &all).unwrap());
@@ -162,7 +171,13 @@ fn main() {
                     std::hint::black_box(p.score(&r, &fleet, &all).unwrap());
                 })
             };
-            println!("  {} over 10,000: {}", p.name(), fmt(t));
+            println!(
+                "  {:<16} wasm {:>10}  native {:>10}  {:>5.2}x",
+                p.name(),
+                fmt(t),
+                fmt(t_native),
+                t.as_secs_f64() / t_native.as_secs_f64()
+            );
         }
     }
 
