@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use slipway_core::{Arch, PlacementRequest, sample};
-use slipway_runtime::placement::{FleetBuilder, Pipeline, Step};
+use slipway_runtime::placement::FleetBuilder;
 use slipway_runtime::{PluginPackage, Runtime, RuntimeConfig};
 use slipway_test_artifacts as artifacts;
 use support::native;
@@ -55,42 +55,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let samples = if quick { 11 } else { 41 };
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-    let load = |guest: artifacts::Guest| {
-        let p = PluginPackage::read(Path::new(guest.dir)).unwrap();
-        runtime
-            .load(p.manifest, &p.component)
-            .unwrap()
-            .into_placement()
-            .unwrap()
-    };
-    let wasm = Pipeline::new(vec![
-        Step {
-            plugin: load(artifacts::CAPACITY_FILTER),
-            weight: 1.0,
-        },
-        Step {
-            plugin: load(artifacts::LABEL_FILTER),
-            weight: 1.0,
-        },
-        Step {
-            plugin: load(artifacts::BINPACK_SCORE),
-            weight: 1.0,
-        },
-    ]);
-    let native_steps = vec![
-        native::filter(
-            native::configured::<slipway_capacity_filter::CapacityFilter>(
-                artifacts::CAPACITY_FILTER.dir,
-            ),
-        ),
-        native::filter(native::configured::<slipway_label_filter::LabelFilter>(
-            artifacts::LABEL_FILTER.dir,
-        )),
-        native::score(
-            native::configured::<slipway_binpack_score::BinpackScore>(artifacts::BINPACK_SCORE.dir),
-            1.0,
-        ),
-    ];
+    let (wasm, native_steps) = native::first_party(&runtime, &[("binpack-score", 1.0)]);
     // A typical request: most hosts pass the filters, so the scorer sees most of the fleet.
     let request = PlacementRequest {
         vcpus: 2,
@@ -186,7 +151,7 @@ fn main() {
     let mut b = FleetBuilder::from_hosts(&hosts);
     let r = b.request(&request);
     let one = b.finish();
-    let scorer = load(artifacts::BINPACK_SCORE);
+    let scorer = &wasm.steps()[2].plugin;
     let t_call = median(samples, || {
         std::hint::black_box(scorer.score(&r, &one, &[0]).unwrap());
     });

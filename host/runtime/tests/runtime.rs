@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use slipway_core::sample;
-use slipway_runtime::placement::{FleetBuilder, Pipeline, PlacementPlugin, Step};
+use slipway_runtime::placement::{FleetBuilder, Pipeline, PlacementPlugin};
 use slipway_runtime::{Manifest, Plugin, PluginError, PluginPackage, Runtime, RuntimeConfig};
 use slipway_test_artifacts as artifacts;
 use support::native;
@@ -425,47 +425,7 @@ mod equivalence {
     use super::*;
 
     fn pipelines() -> (Pipeline, Vec<native::NativeStep>) {
-        let wasm = Pipeline::new(vec![
-            Step {
-                plugin: placement(artifacts::CAPACITY_FILTER),
-                weight: 1.0,
-            },
-            Step {
-                plugin: placement(artifacts::LABEL_FILTER),
-                weight: 1.0,
-            },
-            Step {
-                plugin: placement(artifacts::BINPACK_SCORE),
-                weight: 2.0,
-            },
-            Step {
-                plugin: placement(artifacts::SPREAD_SCORE),
-                weight: 0.5,
-            },
-        ]);
-        let native = vec![
-            native::filter(
-                native::configured::<slipway_capacity_filter::CapacityFilter>(
-                    artifacts::CAPACITY_FILTER.dir,
-                ),
-            ),
-            native::filter(native::configured::<slipway_label_filter::LabelFilter>(
-                artifacts::LABEL_FILTER.dir,
-            )),
-            native::score(
-                native::configured::<slipway_binpack_score::BinpackScore>(
-                    artifacts::BINPACK_SCORE.dir,
-                ),
-                2.0,
-            ),
-            native::score(
-                native::configured::<slipway_spread_score::SpreadScore>(
-                    artifacts::SPREAD_SCORE.dir,
-                ),
-                0.5,
-            ),
-        ];
-        (wasm, native)
+        native::first_party(runtime(), &[("binpack-score", 2.0), ("spread-score", 0.5)])
     }
 
     #[test]

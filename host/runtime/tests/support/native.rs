@@ -140,3 +140,53 @@ pub fn decide(
         rejections,
     }
 }
+
+/// The first-party pipeline twice — as WebAssembly plugins loaded by `runtime`, and natively —
+/// with the given scorers and weights after the capacity and label filters.
+pub fn first_party(
+    runtime: &slipway_runtime::Runtime,
+    scorers: &[(&str, f64)],
+) -> (rt::Pipeline, Vec<NativeStep>) {
+    use slipway_test_artifacts as artifacts;
+    let load = |guest: artifacts::Guest, weight| {
+        let p = slipway_runtime::PluginPackage::read(std::path::Path::new(guest.dir)).unwrap();
+        let plugin = runtime
+            .load(p.manifest, &p.component)
+            .unwrap()
+            .into_placement()
+            .unwrap();
+        rt::Step { plugin, weight }
+    };
+    let mut wasm = vec![
+        load(artifacts::CAPACITY_FILTER, 1.0),
+        load(artifacts::LABEL_FILTER, 1.0),
+    ];
+    let mut native = vec![
+        filter(configured::<slipway_capacity_filter::CapacityFilter>(
+            artifacts::CAPACITY_FILTER.dir,
+        )),
+        filter(configured::<slipway_label_filter::LabelFilter>(
+            artifacts::LABEL_FILTER.dir,
+        )),
+    ];
+    for &(name, weight) in scorers {
+        match name {
+            "binpack-score" => {
+                wasm.push(load(artifacts::BINPACK_SCORE, weight));
+                native.push(score(
+                    configured::<slipway_binpack_score::BinpackScore>(artifacts::BINPACK_SCORE.dir),
+                    weight,
+                ));
+            }
+            "spread-score" => {
+                wasm.push(load(artifacts::SPREAD_SCORE, weight));
+                native.push(score(
+                    configured::<slipway_spread_score::SpreadScore>(artifacts::SPREAD_SCORE.dir),
+                    weight,
+                ));
+            }
+            other => panic!("no first-party scorer {other}"),
+        }
+    }
+    (rt::Pipeline::new(wasm), native)
+}
