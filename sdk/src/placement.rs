@@ -2,7 +2,7 @@
 //!
 //! Implement [`Placement`] and invoke [`export_placement!`](crate::export_placement). A decision
 //! calls your plugin once with the whole candidate list; the fleet arrives column by column (see
-//! [`Fleet`]), with labels and groups interned as indexes into `fleet.symbols`.
+//! [`Fleet`]), with labels and groups interned as symbol ids (see [`Fleet::symbol`]).
 
 use serde::de::DeserializeOwned;
 
@@ -97,19 +97,39 @@ impl Fleet {
         HostFeatures::from_bits_truncate(self.features[host as usize])
     }
 
-    /// The label ids of host `host`; each indexes `symbols`, as `key=value`.
+    /// The symbol ids of host `host`'s labels, each a `key=value` symbol (column `labels`).
     pub fn labels(&self, host: u32) -> &[u32] {
-        span(&self.label_offsets, &self.label_ids, host)
+        let set = self.label_set.get(host as usize).copied();
+        span(&self.label_set_offsets, &self.label_ids, set)
     }
 
-    /// The group ids of the VMs already on host `host`.
+    /// The symbol ids of the groups of the VMs already on host `host` (column `groups`).
     pub fn groups(&self, host: u32) -> &[u32] {
-        span(&self.group_offsets, &self.group_ids, host)
+        let set = self.group_set.get(host as usize).copied();
+        span(&self.group_set_offsets, &self.group_ids, set)
     }
 
-    /// The interned string `id`, or `""` for an id out of range.
+    /// The number of symbols sent.
+    pub fn symbol_count(&self) -> usize {
+        self.symbol_offsets.len().saturating_sub(1)
+    }
+
+    /// Symbol `id`, or `""` for an id out of range.
     pub fn symbol(&self, id: u32) -> &str {
-        self.symbols.get(id as usize).map_or("", String::as_str)
+        let i = id as usize;
+        match (self.symbol_offsets.get(i), self.symbol_offsets.get(i + 1)) {
+            (Some(&start), Some(&end)) => self
+                .symbol_text
+                .get(start as usize..end as usize)
+                .unwrap_or(""),
+            _ => "",
+        }
+    }
+
+    /// The id of `symbol`, if this fleet has it. A linear scan: look ids up once per call, not
+    /// once per host.
+    pub fn symbol_id(&self, symbol: &str) -> Option<u32> {
+        (0..self.symbol_count() as u32).find(|&id| self.symbol(id) == symbol)
     }
 
     /// The value of label `key` on host `host`, if it carries one.
@@ -121,8 +141,9 @@ impl Fleet {
     }
 }
 
-fn span<'a>(offsets: &[u32], ids: &'a [u32], host: u32) -> &'a [u32] {
-    let i = host as usize;
+fn span<'a>(offsets: &[u32], ids: &'a [u32], set: Option<u32>) -> &'a [u32] {
+    let Some(set) = set else { return &[] };
+    let i = set as usize;
     match (offsets.get(i), offsets.get(i + 1)) {
         (Some(&start), Some(&end)) => ids.get(start as usize..end as usize).unwrap_or(&[]),
         _ => &[],

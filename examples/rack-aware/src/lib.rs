@@ -56,10 +56,8 @@ struct Domains {
 impl Domains {
     fn count(fleet: &Fleet, key: &str, group: u32) -> Self {
         let prefix = format!("{key}=");
-        let is_domain: Vec<bool> = fleet
-            .symbols
-            .iter()
-            .map(|s| s.starts_with(&prefix))
+        let is_domain: Vec<bool> = (0..fleet.symbol_count() as u32)
+            .map(|id| fleet.symbol(id).starts_with(&prefix))
             .collect();
         let mut of_host = Vec::with_capacity(fleet.len());
         let mut members = HashMap::new();

@@ -4,8 +4,10 @@
 //! Per-host records carry no strings: [`FleetBuilder`] interns labels and group names into one
 //! symbol table per decision, so a call copies plain number columns into the plugin in bulk.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use slipway_core::{Arch, HostFeature, HostSnapshot, PlacementRequest as CoreRequest};
 
@@ -36,7 +38,7 @@ struct Inner {
 pub struct PlacementInfo {
     pub filters: bool,
     pub scores: bool,
-    pub reasons: HashMap<u32, Reason>,
+    pub reasons: Arc<BTreeMap<u32, Reason>>,
     /// The fleet columns the plugin reads; only these are copied into it.
     pub columns: FleetColumns,
 }
@@ -74,7 +76,9 @@ impl PlacementRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fleet {
     pub hosts: u32,
-    pub symbols: Vec<String>,
+    /// Every symbol, concatenated; symbol `k` is `symbol_text[symbol_offsets[k]..symbol_offsets[k + 1]]`.
+    pub symbol_text: String,
+    pub symbol_offsets: Vec<u32>,
     pub vcpus_total: Vec<u32>,
     pub vcpus_allocated: Vec<u32>,
     pub memory_total_mib: Vec<u32>,
@@ -88,9 +92,13 @@ pub struct Fleet {
     pub arch: Vec<u8>,
     /// The host's `host-features` bits.
     pub features: Vec<u8>,
-    pub label_offsets: Vec<u32>,
+    /// Each host's label set; set `s` is `label_ids[label_set_offsets[s]..label_set_offsets[s + 1]]`.
+    pub label_set: Vec<u32>,
+    pub label_set_offsets: Vec<u32>,
     pub label_ids: Vec<u32>,
-    pub group_offsets: Vec<u32>,
+    /// Each host's group set, stored like labels.
+    pub group_set: Vec<u32>,
+    pub group_set_offsets: Vec<u32>,
     pub group_ids: Vec<u32>,
 }
 
@@ -105,16 +113,44 @@ impl Fleet {
     }
 
     /// The wire form a plugin that reads `columns` is given: those columns, the rest empty.
-    fn view<'a>(&'a self, columns: FleetColumns, symbols: &'a [&'a str]) -> wit::Fleet<'a> {
+    /// The number of symbols.
+    pub fn symbol_count(&self) -> usize {
+        self.symbol_offsets.len() - 1
+    }
+
+    /// Symbol `id`.
+    pub fn symbol(&self, id: u32) -> &str {
+        let i = id as usize;
+        &self.symbol_text[self.symbol_offsets[i] as usize..self.symbol_offsets[i + 1] as usize]
+    }
+
+    /// The symbol ids of host `host`'s labels.
+    pub fn labels(&self, host: u32) -> &[u32] {
+        let set = self.label_set[host as usize] as usize;
+        &self.label_ids
+            [self.label_set_offsets[set] as usize..self.label_set_offsets[set + 1] as usize]
+    }
+
+    /// The symbol ids of the groups of the VMs on host `host`.
+    pub fn groups(&self, host: u32) -> &[u32] {
+        let set = self.group_set[host as usize] as usize;
+        &self.group_ids
+            [self.group_set_offsets[set] as usize..self.group_set_offsets[set + 1] as usize]
+    }
+
+    /// The wire form a plugin that reads `columns` is given: those columns, the rest empty.
+    fn view<'a>(&'a self, columns: FleetColumns) -> wit::Fleet<'a> {
         let pick = |column: FleetColumns, data: &'a [u32]| -> &'a [u32] {
             if columns.contains(column) { data } else { &[] }
         };
         let pick8 = |column: FleetColumns, data: &'a [u8]| -> &'a [u8] {
             if columns.contains(column) { data } else { &[] }
         };
+        let symbolic = columns.intersects(FleetColumns::LABELS | FleetColumns::GROUPS);
         wit::Fleet {
             hosts: self.hosts,
-            symbols,
+            symbol_text: if symbolic { &self.symbol_text } else { "" },
+            symbol_offsets: if symbolic { &self.symbol_offsets } else { &[] },
             vcpus_total: pick(FleetColumns::VCPUS, &self.vcpus_total),
             vcpus_allocated: pick(FleetColumns::VCPUS, &self.vcpus_allocated),
             memory_total_mib: pick(FleetColumns::MEMORY, &self.memory_total_mib),
@@ -126,22 +162,13 @@ impl Fleet {
             vms: pick(FleetColumns::VMS, &self.vms),
             arch: pick8(FleetColumns::ARCH, &self.arch),
             features: pick8(FleetColumns::FEATURES, &self.features),
-            label_offsets: pick(FleetColumns::LABELS, &self.label_offsets),
+            label_set: pick(FleetColumns::LABELS, &self.label_set),
+            label_set_offsets: pick(FleetColumns::LABELS, &self.label_set_offsets),
             label_ids: pick(FleetColumns::LABELS, &self.label_ids),
-            group_offsets: pick(FleetColumns::GROUPS, &self.group_offsets),
+            group_set: pick(FleetColumns::GROUPS, &self.group_set),
+            group_set_offsets: pick(FleetColumns::GROUPS, &self.group_set_offsets),
             group_ids: pick(FleetColumns::GROUPS, &self.group_ids),
         }
-    }
-
-    /// Calls `f` with the view of this fleet for a plugin reading `columns`.
-    fn lend<R>(&self, columns: FleetColumns, f: impl FnOnce(wit::Fleet<'_>) -> R) -> R {
-        let symbols: Vec<&str> = if columns.intersects(FleetColumns::LABELS | FleetColumns::GROUPS)
-        {
-            self.symbols.iter().map(String::as_str).collect()
-        } else {
-            Vec::new()
-        };
-        f(self.view(columns, &symbols))
     }
 }
 
@@ -156,7 +183,7 @@ impl PlacementPlugin {
             |store| pre.instantiate(store),
             |b: &Bindings, store| Ok(Ok(b.slipway_plugin_placement().call_describe(store)?)),
         )?;
-        let mut reasons = HashMap::new();
+        let mut reasons = BTreeMap::new();
         for reason in described.reasons {
             if reasons.insert(reason.code, reason.clone()).is_some() {
                 return Err(PluginError::InvalidResult {
@@ -177,7 +204,7 @@ impl PlacementPlugin {
                 info: PlacementInfo {
                     filters: described.filters,
                     scores: described.scores,
-                    reasons,
+                    reasons: Arc::new(reasons),
                     columns,
                 },
                 core,
@@ -206,7 +233,8 @@ impl PlacementPlugin {
         fleet: &Fleet,
         candidates: &[u32],
     ) -> Result<Vec<Rejection>, PluginError> {
-        let rejections = fleet.lend(self.inner.info.columns, |view| {
+        let rejections = {
+            let view = fleet.view(self.inner.info.columns);
             self.inner.core.call(
                 Sandbox::Closed,
                 |store| self.inner.pre.instantiate(store),
@@ -219,7 +247,7 @@ impl PlacementPlugin {
                     )
                 },
             )
-        })?;
+        }?;
         self.check_rejections(&rejections, fleet, candidates)?;
         Ok(rejections)
     }
@@ -231,7 +259,8 @@ impl PlacementPlugin {
         fleet: &Fleet,
         candidates: &[u32],
     ) -> Result<Vec<f64>, PluginError> {
-        let scores = fleet.lend(self.inner.info.columns, |view| {
+        let scores = {
+            let view = fleet.view(self.inner.info.columns);
             self.inner.core.call(
                 Sandbox::Closed,
                 |store| self.inner.pre.instantiate(store),
@@ -240,7 +269,7 @@ impl PlacementPlugin {
                         .call_score(store, request.wire(), view, candidates)
                 },
             )
-        })?;
+        }?;
         if scores.len() != candidates.len() {
             return Err(self.invalid(format!(
                 "{} scores for {} candidates",
@@ -304,55 +333,57 @@ impl PlacementPlugin {
 }
 
 /// Builds the columnar [`Fleet`] and the numeric [`PlacementRequest`] from host snapshots,
-/// interning every label and group name into one symbol table.
-#[derive(Default)]
+/// interning every label and group name into one symbol table, and every distinct label set and
+/// group set once.
 pub struct FleetBuilder {
-    symbols: HashMap<String, u32>,
+    // Fx, not SipHash: interning is most of a fleet's build time, and the keys are the site's
+    // own labels, not attacker-chosen.
+    symbols: FxHashMap<String, u32>,
+    label_sets: FxHashMap<Vec<u32>, u32>,
+    group_sets: FxHashMap<Vec<u32>, u32>,
+    scratch: String,
+    ids: Vec<u32>,
     fleet: Fleet,
 }
 
-impl Default for Fleet {
+impl Default for FleetBuilder {
     fn default() -> Self {
-        Fleet {
-            hosts: 0,
-            symbols: Vec::new(),
-            vcpus_total: Vec::new(),
-            vcpus_allocated: Vec::new(),
-            memory_total_mib: Vec::new(),
-            memory_allocated_mib: Vec::new(),
-            memory_available_mib: Vec::new(),
-            disk_total_mib: Vec::new(),
-            disk_allocated_mib: Vec::new(),
-            load_milli: Vec::new(),
-            vms: Vec::new(),
-            arch: Vec::new(),
-            features: Vec::new(),
-            label_offsets: vec![0],
-            label_ids: Vec::new(),
-            group_offsets: vec![0],
-            group_ids: Vec::new(),
-        }
+        Self::with_capacity(0)
     }
 }
 
 impl FleetBuilder {
     pub fn with_capacity(hosts: usize) -> Self {
-        let mut b = Self::default();
-        let f = &mut b.fleet;
-        f.vcpus_total.reserve(hosts);
-        f.vcpus_allocated.reserve(hosts);
-        f.memory_total_mib.reserve(hosts);
-        f.memory_allocated_mib.reserve(hosts);
-        f.memory_available_mib.reserve(hosts);
-        f.disk_total_mib.reserve(hosts);
-        f.disk_allocated_mib.reserve(hosts);
-        f.load_milli.reserve(hosts);
-        f.vms.reserve(hosts);
-        f.arch.reserve(hosts);
-        f.features.reserve(hosts);
-        f.label_offsets.reserve(hosts + 1);
-        f.group_offsets.reserve(hosts + 1);
-        b
+        let column = || Vec::with_capacity(hosts);
+        Self {
+            symbols: FxHashMap::default(),
+            label_sets: FxHashMap::default(),
+            group_sets: FxHashMap::default(),
+            scratch: String::new(),
+            ids: Vec::new(),
+            fleet: Fleet {
+                hosts: 0,
+                symbol_text: String::new(),
+                symbol_offsets: vec![0],
+                vcpus_total: column(),
+                vcpus_allocated: column(),
+                memory_total_mib: column(),
+                memory_allocated_mib: column(),
+                memory_available_mib: column(),
+                disk_total_mib: column(),
+                disk_allocated_mib: column(),
+                load_milli: column(),
+                vms: column(),
+                arch: Vec::with_capacity(hosts),
+                features: Vec::with_capacity(hosts),
+                label_set: column(),
+                label_set_offsets: vec![0],
+                label_ids: Vec::new(),
+                group_set: column(),
+                group_set_offsets: vec![0],
+                group_ids: Vec::new(),
+            },
+        }
     }
 
     /// Builds a fleet from snapshots, in order: host `i` of the fleet is `hosts[i]`.
@@ -365,32 +396,60 @@ impl FleetBuilder {
         b
     }
 
+    /// The id of `symbol`, adding it to the table if it is new.
     pub fn intern(&mut self, symbol: &str) -> u32 {
         if let Some(&id) = self.symbols.get(symbol) {
             return id;
         }
-        let id = self.fleet.symbols.len() as u32;
-        self.fleet.symbols.push(symbol.to_owned());
+        let f = &mut self.fleet;
+        let id = (f.symbol_offsets.len() - 1) as u32;
+        f.symbol_text.push_str(symbol);
+        f.symbol_offsets.push(f.symbol_text.len() as u32);
         self.symbols.insert(symbol.to_owned(), id);
         id
     }
 
+    fn intern_label(&mut self, key: &str, value: &str) -> u32 {
+        let mut label = std::mem::take(&mut self.scratch);
+        label.clear();
+        label.push_str(key);
+        label.push('=');
+        label.push_str(value);
+        let id = self.intern(&label);
+        self.scratch = label;
+        id
+    }
+
     pub fn push(&mut self, h: &HostSnapshot) {
-        let mut label = String::new();
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
         for (k, v) in &h.labels {
-            label.clear();
-            let _ = write!(label, "{k}={v}");
-            let id = self.intern(&label);
-            self.fleet.label_ids.push(id);
+            ids.push(self.intern_label(k, v));
         }
+        let label_set = intern_set(
+            &mut self.label_sets,
+            &ids,
+            &mut self.fleet.label_set_offsets,
+            &mut self.fleet.label_ids,
+        );
+        ids.clear();
         for g in &h.groups {
-            let id = self.intern(g);
-            self.fleet.group_ids.push(id);
+            ids.push(self.intern(g));
         }
+        ids.sort_unstable();
+        ids.dedup();
+        let group_set = intern_set(
+            &mut self.group_sets,
+            &ids,
+            &mut self.fleet.group_set_offsets,
+            &mut self.fleet.group_ids,
+        );
+        self.ids = ids;
+
         let f = &mut self.fleet;
         f.hosts += 1;
-        f.label_offsets.push(f.label_ids.len() as u32);
-        f.group_offsets.push(f.group_ids.len() as u32);
+        f.label_set.push(label_set);
+        f.group_set.push(group_set);
         f.vcpus_total.push(h.vcpus_total);
         f.vcpus_allocated.push(h.vcpus_allocated);
         f.memory_total_mib.push(mib(h.memory_total_mib));
@@ -410,7 +469,7 @@ impl FleetBuilder {
         let required_labels = r
             .required_labels
             .iter()
-            .map(|(k, v)| self.intern(&format!("{k}={v}")))
+            .map(|(k, v)| self.intern_label(k, v))
             .collect();
         PlacementRequest {
             vcpus: r.vcpus,
@@ -427,6 +486,23 @@ impl FleetBuilder {
     pub fn finish(self) -> Fleet {
         self.fleet
     }
+}
+
+/// The id of the set `ids`, appending it to `offsets`/`all` if it is new.
+fn intern_set(
+    sets: &mut FxHashMap<Vec<u32>, u32>,
+    ids: &[u32],
+    offsets: &mut Vec<u32>,
+    all: &mut Vec<u32>,
+) -> u32 {
+    if let Some(&set) = sets.get(ids) {
+        return set;
+    }
+    let set = (offsets.len() - 1) as u32;
+    all.extend_from_slice(ids);
+    offsets.push(all.len() as u32);
+    sets.insert(ids.to_vec(), set);
+    set
 }
 
 pub fn arch(a: Arch) -> types::Arch {
@@ -477,19 +553,19 @@ pub struct Pipeline {
     steps: Vec<Step>,
 }
 
-/// A host rejected by one plugin of the pipeline.
-#[derive(Debug, Clone, PartialEq)]
+/// A host rejected by one step of the pipeline. Plain numbers, so that a decision over 10,000
+/// hosts allocates nothing per rejection; [`Decision::plugin`] and [`Decision::reason`] name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineRejection {
-    pub plugin: String,
+    /// The index of the rejecting step in the pipeline.
+    pub step: usize,
     pub host: u32,
     pub reason: u32,
-    pub message: String,
-    pub detail_kind: DetailKind,
     pub detail: u64,
 }
 
 /// What a pipeline decided, and why.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Decision {
     /// The winning host, if any host passed every filter.
     pub chosen: Option<u32>,
@@ -497,10 +573,12 @@ pub struct Decision {
     pub survivors: Vec<u32>,
     /// The total weighted score of each survivor, in the same order.
     pub totals: Vec<f64>,
-    /// Every rejection, by the plugin that made it, in pipeline order.
+    /// Every rejection, in pipeline order.
     pub rejections: Vec<PipelineRejection>,
     /// The number of hosts considered.
     pub considered: usize,
+    /// Per step: the plugin's name and its reasons, to explain rejections.
+    steps: Vec<(String, Arc<BTreeMap<u32, Reason>>)>,
 }
 
 impl Pipeline {
@@ -522,26 +600,20 @@ impl Pipeline {
         let considered = fleet.len();
         let mut candidates: Vec<u32> = (0..considered as u32).collect();
         let mut rejections = Vec::new();
-        for step in self.steps.iter().filter(|s| s.plugin.info().filters) {
-            if candidates.is_empty() {
-                break;
+        for (index, step) in self.steps.iter().enumerate() {
+            if !step.plugin.info().filters || candidates.is_empty() {
+                continue;
             }
             let rejected = step.plugin.filter(request, fleet, &candidates)?;
             if rejected.is_empty() {
                 continue;
             }
             remove_rejected(&mut candidates, &rejected, considered);
-            let info = step.plugin.info();
-            rejections.extend(rejected.into_iter().map(|r| {
-                let reason = &info.reasons[&r.reason];
-                PipelineRejection {
-                    plugin: step.plugin.name().to_owned(),
-                    host: r.host,
-                    reason: r.reason,
-                    message: reason.message.clone(),
-                    detail_kind: reason.detail,
-                    detail: r.detail,
-                }
+            rejections.extend(rejected.into_iter().map(|r| PipelineRejection {
+                step: index,
+                host: r.host,
+                reason: r.reason,
+                detail: r.detail,
             }));
         }
         let mut scored = Vec::new();
@@ -558,6 +630,11 @@ impl Pipeline {
             totals,
             rejections,
             considered,
+            steps: self
+                .steps
+                .iter()
+                .map(|s| (s.plugin.name().to_owned(), s.plugin.info().reasons.clone()))
+                .collect(),
         })
     }
 }
@@ -607,11 +684,21 @@ pub fn best(candidates: &[u32], totals: &[f64]) -> Option<u32> {
 }
 
 impl Decision {
+    /// The name of the plugin that made a rejection.
+    pub fn plugin(&self, r: &PipelineRejection) -> &str {
+        &self.steps[r.step].0
+    }
+
+    /// The declared reason of a rejection (the runtime checked that it was declared).
+    pub fn reason(&self, r: &PipelineRejection) -> &Reason {
+        &self.steps[r.step].1[&r.reason]
+    }
+
     /// One line a person can read: "0/12 hosts: 7 insufficient memory (capacity-filter), ...".
     pub fn summary(&self) -> String {
         let mut counts: Vec<((&str, &str), usize)> = Vec::new();
         for r in &self.rejections {
-            let key = (r.message.as_str(), r.plugin.as_str());
+            let key = (self.reason(r).message.as_str(), self.plugin(r));
             match counts.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, n)) => *n += 1,
                 None => counts.push((key, 1)),
@@ -678,11 +765,15 @@ mod tests {
             affinity_group: None,
         });
         let f = b.finish();
-        assert_eq!(f.symbols, ["rack=r1", "tier=gold", "web", "db", "zone=z9"]);
-        assert_eq!(f.label_offsets, [0, 2, 3, 3]);
-        assert_eq!(f.label_ids, [0, 1, 0]);
-        assert_eq!(f.group_offsets, [0, 1, 1, 3]);
-        assert_eq!(f.group_ids, [2, 2, 3]);
+        let symbols: Vec<&str> = (0..f.symbol_count() as u32).map(|i| f.symbol(i)).collect();
+        assert_eq!(symbols, ["rack=r1", "tier=gold", "web", "db", "zone=z9"]);
+        assert_eq!(f.label_set, [0, 1, 2]);
+        assert_eq!(f.labels(0), [0, 1]);
+        assert_eq!(f.labels(1), [0]);
+        assert_eq!(f.labels(2), [] as [u32; 0]);
+        assert_eq!(f.groups(0), [2]);
+        assert_eq!(f.groups(1), [] as [u32; 0]);
+        assert_eq!(f.groups(2), [2, 3]);
         assert_eq!(
             r.required_labels,
             [4],

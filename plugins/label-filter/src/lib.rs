@@ -50,7 +50,7 @@ impl Placement for LabelFilter {
         candidates: &[u32],
     ) -> Result<Vec<Rejection>, String> {
         // Site labels no host carries have no symbol: a required one then rejects every host.
-        let symbol = |label: &str| f.symbols.iter().position(|s| s == label);
+        let symbol = |label: &str| f.symbol_id(label);
         let mut required: Vec<(u32, u64)> = r
             .required_labels
             .iter()
@@ -59,16 +59,11 @@ impl Placement for LabelFilter {
         let mut unknown_required = None;
         for label in &self.0.required {
             match symbol(label) {
-                Some(id) => required.push((id as u32, id as u64)),
+                Some(id) => required.push((id, id.into())),
                 None => unknown_required = Some(label),
             }
         }
-        let forbidden: Vec<u32> = self
-            .0
-            .forbidden
-            .iter()
-            .filter_map(|l| symbol(l).map(|id| id as u32))
-            .collect();
+        let forbidden: Vec<u32> = self.0.forbidden.iter().filter_map(|l| symbol(l)).collect();
 
         let mut out = Vec::new();
         for &host in candidates {

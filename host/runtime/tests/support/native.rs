@@ -9,7 +9,8 @@ use slipway_runtime::placement::{self as rt, Fleet, PlacementRequest};
 pub fn fleet(f: &Fleet) -> sdk::Fleet {
     sdk::Fleet {
         hosts: f.hosts,
-        symbols: f.symbols.clone(),
+        symbol_text: f.symbol_text.clone(),
+        symbol_offsets: f.symbol_offsets.clone(),
         vcpus_total: f.vcpus_total.clone(),
         vcpus_allocated: f.vcpus_allocated.clone(),
         memory_total_mib: f.memory_total_mib.clone(),
@@ -21,9 +22,11 @@ pub fn fleet(f: &Fleet) -> sdk::Fleet {
         vms: f.vms.clone(),
         arch: f.arch.clone(),
         features: f.features.clone(),
-        label_offsets: f.label_offsets.clone(),
+        label_set: f.label_set.clone(),
+        label_set_offsets: f.label_set_offsets.clone(),
         label_ids: f.label_ids.clone(),
-        group_offsets: f.group_offsets.clone(),
+        group_set: f.group_set.clone(),
+        group_set_offsets: f.group_set_offsets.clone(),
         group_ids: f.group_ids.clone(),
     }
 }
