@@ -99,6 +99,9 @@ impl Placement for RackAware {
         if config.rack_weight < 0.0 || config.power_weight < 0.0 {
             return Err("rack-weight and power-weight must not be negative".into());
         }
+        if config.max_per_rack == Some(0) {
+            return Err("max-per-rack must be at least 1".into());
+        }
         Ok(Self(config))
     }
 

@@ -479,3 +479,243 @@ mod equivalence {
         );
     }
 }
+
+/// Each first-party plugin's behaviour, through its WebAssembly build, on small hand-made fleets.
+mod first_party {
+    use std::collections::BTreeMap;
+
+    use slipway_core::{Arch, HostFeature, HostSnapshot, PlacementRequest};
+
+    use super::*;
+
+    fn host(id: &str) -> HostSnapshot {
+        HostSnapshot {
+            id: id.into(),
+            arch: Arch::X86_64,
+            vcpus_total: 8,
+            vcpus_allocated: 0,
+            memory_total_mib: 16_384,
+            memory_allocated_mib: 0,
+            memory_available_mib: None,
+            disk_total_mib: 100_000,
+            disk_allocated_mib: 0,
+            load_milli: 0,
+            vms: 0,
+            features: vec![HostFeature::Kvm],
+            labels: BTreeMap::new(),
+            groups: vec![],
+        }
+    }
+
+    fn request() -> PlacementRequest {
+        PlacementRequest {
+            vcpus: 2,
+            memory_mib: 4096,
+            disk_mib: 10_000,
+            arch: Arch::X86_64,
+            features: vec![],
+            required_labels: BTreeMap::new(),
+            anti_affinity_group: None,
+            affinity_group: None,
+        }
+    }
+
+    /// (host id, reason message, detail) of every rejection, sorted; a symbol detail is given
+    /// as the symbol itself.
+    fn rejections(
+        guest: artifacts::Guest,
+        hosts: &[HostSnapshot],
+        r: &PlacementRequest,
+    ) -> Vec<(String, String, String)> {
+        let plugin = placement(guest);
+        let mut b = FleetBuilder::from_hosts(hosts);
+        let wire = b.request(r);
+        let fleet = b.finish();
+        let mut out: Vec<_> = plugin
+            .filter(&wire, &fleet, &all_hosts(&fleet))
+            .unwrap()
+            .into_iter()
+            .map(|x| {
+                let message = plugin.info().reasons[&x.reason].message.clone();
+                let detail = match plugin.info().reasons[&x.reason].detail {
+                    slipway_runtime::placement::DetailKind::Symbol => {
+                        fleet.symbol(x.detail as u32).to_owned()
+                    }
+                    _ => x.detail.to_string(),
+                };
+                (hosts[x.host as usize].id.clone(), message, detail)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn capacity_filter_names_the_first_shortfall_and_its_size() {
+        let arm = HostSnapshot {
+            arch: Arch::Aarch64,
+            ..host("arm")
+        };
+        let busy = HostSnapshot {
+            vcpus_allocated: 31,
+            ..host("busy")
+        };
+        let full = HostSnapshot {
+            memory_allocated_mib: 15_000,
+            ..host("full")
+        };
+        let tight = HostSnapshot {
+            memory_available_mib: Some(1000),
+            ..host("tight")
+        };
+        let small_disk = HostSnapshot {
+            disk_total_mib: 4000,
+            ..host("small-disk")
+        };
+        let fine = host("fine");
+        let mut r = request();
+        r.features = vec![HostFeature::Kvm];
+        let got = rejections(
+            artifacts::CAPACITY_FILTER,
+            &[arm, busy, full, tight, small_disk, fine],
+            &r,
+        );
+        assert_eq!(
+            got,
+            [
+                ("arm".into(), "wrong architecture".into(), "0".into()),
+                // 8 threads × cpu-allocation-ratio 4 = 32 vCPUs, 31 claimed: 1 free, 1 short.
+                ("busy".into(), "insufficient vCPUs".into(), "1".into()),
+                // 16,384 - 15,000 = 1,384 MiB free of the 4,096 asked.
+                ("full".into(), "insufficient memory".into(), "2712".into()),
+                (
+                    "small-disk".into(),
+                    "insufficient disk".into(),
+                    "6000".into()
+                ),
+                (
+                    "tight".into(),
+                    "insufficient free memory".into(),
+                    "3096".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn capacity_filter_reports_missing_features_as_bits() {
+        let mut r = request();
+        r.features = vec![HostFeature::Kvm, HostFeature::Uefi, HostFeature::NestedVirt];
+        let got = rejections(artifacts::CAPACITY_FILTER, &[host("plain")], &r);
+        // uefi is bit 1, nested-virt bit 2.
+        let expected = [("plain".into(), "missing host features".into(), "6".into())];
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn label_filter_requires_forbids_and_keeps_groups_apart() {
+        let gold = HostSnapshot {
+            labels: BTreeMap::from([("tier".into(), "gold".into())]),
+            ..host("gold")
+        };
+        let silver = HostSnapshot {
+            labels: BTreeMap::from([("tier".into(), "silver".into())]),
+            ..host("silver")
+        };
+        let drained = HostSnapshot {
+            labels: BTreeMap::from([
+                ("tier".into(), "gold".into()),
+                ("maintenance".into(), "true".into()),
+            ]),
+            ..host("drained")
+        };
+        let crowded = HostSnapshot {
+            id: "crowded".into(),
+            groups: vec!["web".into()],
+            ..gold.clone()
+        };
+        let mut r = request();
+        r.required_labels.insert("tier".into(), "gold".into());
+        r.anti_affinity_group = Some("web".into());
+        let got = rejections(
+            artifacts::LABEL_FILTER,
+            &[gold, silver, drained, crowded],
+            &r,
+        );
+        let expected = [
+            ("crowded", "anti-affinity conflict", "web"),
+            ("drained", "forbidden label", "maintenance=true"),
+            ("silver", "missing label", "tier=gold"),
+        ]
+        .map(|(h, m, d)| (h.to_owned(), m.to_owned(), d.to_owned()));
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn label_filter_rejects_all_when_no_host_has_a_site_required_label() {
+        let mut p = package(artifacts::LABEL_FILTER);
+        p.manifest
+            .config
+            .insert("required".into(), serde_json::json!(["certified=yes"]));
+        let plugin = runtime()
+            .load(p.manifest, &p.component)
+            .unwrap()
+            .into_placement()
+            .unwrap();
+        let hosts = [host("a"), host("b")];
+        let mut b = FleetBuilder::from_hosts(&hosts);
+        let wire = b.request(&request());
+        let fleet = b.finish();
+        let got = plugin.filter(&wire, &fleet, &all_hosts(&fleet)).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|r| r.reason == 4), "{got:?}");
+    }
+
+    fn ranking(guest: artifacts::Guest, hosts: &[HostSnapshot]) -> Vec<String> {
+        let plugin = placement(guest);
+        let mut b = FleetBuilder::from_hosts(hosts);
+        let wire = b.request(&request());
+        let fleet = b.finish();
+        let scores = plugin.score(&wire, &fleet, &all_hosts(&fleet)).unwrap();
+        let mut order: Vec<_> = hosts.iter().zip(scores).collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1));
+        order.into_iter().map(|(h, _)| h.id.clone()).collect()
+    }
+
+    fn fullness() -> Vec<HostSnapshot> {
+        vec![
+            HostSnapshot {
+                memory_allocated_mib: 8192,
+                vcpus_allocated: 4,
+                ..host("half")
+            },
+            HostSnapshot {
+                load_milli: 6000,
+                ..host("empty-but-loaded")
+            },
+            HostSnapshot {
+                memory_allocated_mib: 12_288,
+                vcpus_allocated: 6,
+                ..host("fuller")
+            },
+        ]
+    }
+
+    #[test]
+    fn binpack_prefers_the_fullest_host() {
+        assert_eq!(
+            ranking(artifacts::BINPACK_SCORE, &fullness()),
+            ["fuller", "half", "empty-but-loaded"]
+        );
+    }
+
+    #[test]
+    fn spread_prefers_the_emptiest_least_loaded_host() {
+        let mut hosts = fullness();
+        hosts.push(host("empty"));
+        assert_eq!(
+            ranking(artifacts::SPREAD_SCORE, &hosts),
+            ["empty", "empty-but-loaded", "half", "fuller"]
+        );
+    }
+}

@@ -18,6 +18,7 @@ pub struct Config {
 pub const MISSING_LABEL: u32 = 1;
 pub const FORBIDDEN_LABEL: u32 = 2;
 pub const ANTI_AFFINITY: u32 = 3;
+pub const UNKNOWN_SITE_LABEL: u32 = 4;
 
 pub struct LabelFilter(Config);
 
@@ -31,6 +32,12 @@ impl Placement for LabelFilter {
             reason(MISSING_LABEL, "missing label", DetailKind::Symbol),
             reason(FORBIDDEN_LABEL, "forbidden label", DetailKind::Symbol),
             reason(ANTI_AFFINITY, "anti-affinity conflict", DetailKind::Symbol),
+            // A site-required label that no host carries has no symbol to point at.
+            reason(
+                UNKNOWN_SITE_LABEL,
+                "no host carries a site-required label",
+                DetailKind::None,
+            ),
         ]
     }
 
@@ -72,8 +79,8 @@ impl Placement for LabelFilter {
                 slipway_plugin_sdk::debug!("no host carries required label {label}");
                 out.push(Rejection {
                     host,
-                    reason: MISSING_LABEL,
-                    detail: u64::MAX,
+                    reason: UNKNOWN_SITE_LABEL,
+                    detail: 0,
                 });
                 continue;
             }
