@@ -143,7 +143,7 @@ impl Runtime {
                 v0_1::drivers::DriversPlugin::add_to_linker::<_, HasSelf<_>>(l, |s| s)
             })?,
         };
-        start_ticker(&engine);
+        start_ticker(&engine)?;
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -346,7 +346,7 @@ fn linker(
 }
 
 /// Advances the engine's epoch every tick until the engine is dropped.
-fn start_ticker(engine: &Engine) {
+fn start_ticker(engine: &Engine) -> std::io::Result<()> {
     let weak = engine.weak();
     thread::Builder::new()
         .name("slipway-plugin-epoch".into())
@@ -356,8 +356,8 @@ fn start_ticker(engine: &Engine) {
                 drop(engine);
                 thread::sleep(TICK);
             }
-        })
-        .expect("spawning the epoch ticker thread");
+        })?;
+    Ok(())
 }
 
 fn log_level(level: tracing::Level) -> LogLevel {
@@ -407,7 +407,14 @@ impl PluginCore {
         store.set_epoch_deadline(ticks + 1);
         store.epoch_deadline_trap();
 
-        let outcome = instantiate(&mut store).and_then(|bindings| f(&bindings, &mut store));
+        let bindings = match instantiate(&mut store) {
+            Ok(bindings) => bindings,
+            Err(error) => {
+                store.data_mut().flush_output();
+                return Err(self.classify(&store, error, Phase::Instantiate));
+            }
+        };
+        let outcome = f(&bindings, &mut store);
         store.data_mut().flush_output();
         match outcome {
             Ok(Ok(value)) => Ok(value),
@@ -415,11 +422,16 @@ impl PluginCore {
                 plugin: self.name.to_string(),
                 message: bounded(message),
             }),
-            Err(error) => Err(self.classify(&store, error)),
+            Err(error) => Err(self.classify(&store, error, Phase::Call)),
         }
     }
 
-    fn classify(&self, store: &Store<CallState>, error: wasmtime::Error) -> PluginError {
+    fn classify(
+        &self,
+        store: &Store<CallState>,
+        error: wasmtime::Error,
+        phase: Phase,
+    ) -> PluginError {
         let plugin = self.name.to_string();
         match store.data().limiter.hit {
             Some(LimitHit::Memory { requested }) => {
@@ -452,13 +464,25 @@ impl PluginCore {
                 tracing::debug!(plugin = %self.name, "trap details: {error:?}");
                 PluginError::Trap { plugin, message }
             }
-            // Not a trap: an error from lifting or lowering values, i.e. a contract violation.
+            // Not a trap while instantiating: no slot left in the pool, or the like.
+            None if phase == Phase::Instantiate => PluginError::Setup {
+                plugin,
+                detail: bounded(format!("{error:#}")),
+            },
+            // Not a trap during the call: lifting or lowering values failed, i.e. the plugin's
+            // answer does not fit the contract (an invalid enum case, a string that is not UTF-8).
             None => PluginError::InvalidResult {
                 plugin,
                 detail: bounded(format!("{error:#}")),
             },
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Instantiate,
+    Call,
 }
 
 /// Keeps plugin-supplied text from growing an error without bound.
