@@ -82,7 +82,7 @@ impl Fleet {
 
     /// Host `host`'s architecture (column `arch`).
     pub fn arch(&self, host: u32) -> Option<Arch> {
-        Some(match self.arch[host as usize] {
+        Some(match *self.arch.get(host as usize)? {
             0 => Arch::X8664,
             1 => Arch::Aarch64,
             2 => Arch::Riscv64,
@@ -94,7 +94,7 @@ impl Fleet {
 
     /// Host `host`'s features (column `features`).
     pub fn features(&self, host: u32) -> HostFeatures {
-        HostFeatures::from_bits_truncate(self.features[host as usize])
+        HostFeatures::from_bits_truncate(self.features.get(host as usize).copied().unwrap_or(0))
     }
 
     /// The symbol ids of host `host`'s labels, each a `key=value` symbol (column `labels`).
@@ -230,4 +230,58 @@ macro_rules! export_placement {
         #[cfg(target_family = "wasm")]
         $crate::__private::placement::export_placement_world!(__SlipwayPlacementExport);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet() -> Fleet {
+        Fleet {
+            hosts: 2,
+            symbol_text: "rack=r1web".into(),
+            symbol_offsets: vec![0, 7, 10],
+            vcpus_total: vec![],
+            vcpus_allocated: vec![],
+            memory_total_mib: vec![],
+            memory_allocated_mib: vec![],
+            memory_available_mib: vec![],
+            disk_total_mib: vec![],
+            disk_allocated_mib: vec![],
+            load_milli: vec![],
+            vms: vec![],
+            arch: vec![1, 9],
+            features: vec![0b11, 0],
+            label_set: vec![0, 7],
+            label_set_offsets: vec![0, 1],
+            label_ids: vec![0],
+            group_set: vec![0, 0],
+            group_set_offsets: vec![0, 1],
+            group_ids: vec![1],
+        }
+    }
+
+    #[test]
+    fn accessors_decode_the_columns() {
+        let f = fleet();
+        assert_eq!(f.symbol(0), "rack=r1");
+        assert_eq!(f.symbol(1), "web");
+        assert_eq!(f.symbol_id("web"), Some(1));
+        assert_eq!(f.labels(0), [0]);
+        assert_eq!(f.label_value(0, "rack"), Some("r1"));
+        assert_eq!(f.groups(1), [1]);
+        assert_eq!(f.arch(0), Some(Arch::Aarch64));
+        assert_eq!(f.features(0), HostFeatures::KVM | HostFeatures::UEFI);
+    }
+
+    #[test]
+    fn malformed_columns_read_as_empty_not_as_a_panic() {
+        let f = fleet();
+        assert_eq!(f.labels(1), [] as [u32; 0], "label set 7 does not exist");
+        assert_eq!(f.labels(99), [] as [u32; 0]);
+        assert_eq!(f.symbol(5), "");
+        assert_eq!(f.arch(1), None, "arch case 9 does not exist");
+        assert_eq!(f.arch(99), None);
+        assert_eq!(f.features(99), HostFeatures::empty());
+    }
 }

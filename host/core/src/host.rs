@@ -55,3 +55,34 @@ impl HostSnapshot {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_reads_from_minimal_json_with_defaults() {
+        let h: HostSnapshot = serde_json::from_str(
+            r#"{ "id": "a", "arch": "amd64", "vcpus_total": 4, "memory_total_mib": 1024,
+                 "disk_total_mib": 10, "memory_allocated_mib": 256 }"#,
+        )
+        .unwrap();
+        assert_eq!(h.arch, Arch::X86_64, "amd64 is an alias");
+        assert_eq!(
+            h.memory_available_mib(),
+            768,
+            "unreported free memory is what is unclaimed"
+        );
+        assert!(h.labels.is_empty() && h.groups.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let err = serde_json::from_str::<HostSnapshot>(
+            r#"{ "id": "a", "arch": "x86_64", "vcpus_total": 4, "memory_total_mib": 1,
+                 "disk_total_mib": 1, "ram": 5 }"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `ram`"), "{err}");
+    }
+}

@@ -142,3 +142,25 @@ pub fn request(seed: u64) -> PlacementRequest {
         affinity_group: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_always_gives_the_same_fleet_and_another_seed_another() {
+        assert_eq!(fleet(200, 7), fleet(200, 7));
+        assert_ne!(fleet(200, 7), fleet(200, 8));
+        assert_eq!(request(3), request(3));
+    }
+
+    #[test]
+    fn sample_hosts_are_consistent() {
+        for h in fleet(500, 1) {
+            assert!(h.memory_allocated_mib <= h.memory_total_mib, "{h:?}");
+            assert!(h.memory_available_mib() <= h.memory_total_mib, "{h:?}");
+            assert!(h.disk_allocated_mib <= h.disk_total_mib, "{h:?}");
+            assert!(h.vcpus_allocated <= h.vcpus_total * 4, "{h:?}");
+        }
+    }
+}
