@@ -320,6 +320,45 @@ mod containment {
         );
     }
 
+    /// A writer that keeps what the log printed, for one test.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plugin_output_and_log_lines_reach_the_log_labelled_with_the_plugin() {
+        let plugin = hostile("chatty");
+        let (r, f) = small_decision();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            plugin.filter(&r, &f, &all_hosts(&f)).unwrap();
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        for line in [
+            "hello on stdout plugin=hostile stream=\"stdout\"",
+            "hello on stderr plugin=hostile stream=\"stderr\"",
+            "hello through the log import plugin=hostile",
+        ] {
+            assert!(log.contains(line), "{line:?} not in:\n{log}");
+        }
+        assert!(!log.contains("a debug line"), "{log}");
+    }
+
     #[test]
     fn a_log_flood_is_bounded_and_the_call_completes() {
         let mut p = package(artifacts::TEST_PLUGIN_HOSTILE);

@@ -8,7 +8,7 @@ use slipway_plugin_sdk::placement::*;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `ok`, `loop`, `alloc`, `panic`, `miscount`, `nan`, `stranger`, `twice`, `undeclared`,
-    /// `fail`, `snoop`, `log-flood`.
+    /// `fail`, `snoop`, `chatty`, `log-flood`.
     #[serde(default)]
     mode: String,
 }
@@ -66,6 +66,13 @@ impl Placement for Hostile {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(u64::MAX, |d| d.as_secs());
                 Err(format!("env={env} files={files} time={time}"))
+            }
+            "chatty" => {
+                println!("hello on stdout");
+                eprintln!("hello on stderr");
+                slipway_plugin_sdk::info!("hello through the log import");
+                slipway_plugin_sdk::debug!("a debug line the server does not record");
+                Ok(Vec::new())
             }
             "log-flood" => {
                 for i in 0..100_000 {
