@@ -27,6 +27,7 @@ pub mod drivers;
 pub mod error;
 pub mod identity;
 pub mod manifest;
+mod output;
 pub mod package;
 pub mod placement;
 mod runtime;

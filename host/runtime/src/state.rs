@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{
     FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
@@ -16,6 +15,7 @@ use wasmtime_wasi::{
 use crate::contract::v0_1::host;
 use crate::contract::v0_1::types::LogLevel;
 use crate::manifest::EffectiveLimits;
+use crate::output::BoundedOutput;
 
 /// Bytes of stdout and of stderr kept per call; the rest is dropped.
 const OUTPUT_CAPACITY: usize = 64 * 1024;
@@ -38,8 +38,8 @@ pub(crate) struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
+    stdout: BoundedOutput,
+    stderr: BoundedOutput,
     log_lines: u32,
     /// The last line logged at error level or written to stderr: usually the panic message.
     pub(crate) last_error_line: Option<String>,
@@ -61,8 +61,8 @@ impl CallState {
         limits: &EffectiveLimits,
         sandbox: Sandbox<'_>,
     ) -> anyhow::Result<Self> {
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stdout = BoundedOutput::new(OUTPUT_CAPACITY);
+        let stderr = BoundedOutput::new(OUTPUT_CAPACITY);
         let mut builder = WasiCtxBuilder::new();
         builder
             .stdout(stdout.clone())
@@ -96,16 +96,16 @@ impl CallState {
     /// Moves what the plugin printed into the server's log, labelled with its name.
     pub(crate) fn flush_output(&mut self) {
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            let bytes = pipe.contents();
-            if bytes.is_empty() {
-                continue;
-            }
+            let (bytes, dropped) = pipe.contents();
             let text = String::from_utf8_lossy(&bytes);
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 tracing::info!(plugin = %self.plugin, stream, "{}", truncate(line));
                 if stream == "stderr" {
                     self.last_error_line = Some(truncate(line).to_owned());
                 }
+            }
+            if dropped > 0 {
+                tracing::warn!(plugin = %self.plugin, stream, "plugin wrote {dropped} more bytes than the {OUTPUT_CAPACITY} kept per call; dropped");
             }
         }
     }

@@ -353,6 +353,8 @@ mod containment {
             "hello on stdout plugin=hostile stream=\"stdout\"",
             "hello on stderr plugin=hostile stream=\"stderr\"",
             "hello through the log import plugin=hostile",
+            // "hello on stdout\n" and 2,000 lines of 100 bytes, less the 64 KiB kept.
+            "plugin wrote 134480 more bytes than the 65536 kept per call; dropped plugin=hostile stream=\"stdout\"",
         ] {
             assert!(log.contains(line), "{line:?} not in:\n{log}");
         }

@@ -69,6 +69,10 @@ impl Placement for Hostile {
             }
             "chatty" => {
                 println!("hello on stdout");
+                // Far beyond what the server keeps per call: must not make the plugin fail.
+                for i in 0..2_000 {
+                    println!("{i:0>99}");
+                }
                 eprintln!("hello on stderr");
                 slipway_plugin_sdk::info!("hello through the log import");
                 slipway_plugin_sdk::debug!("a debug line the server does not record");
