@@ -46,7 +46,9 @@ fn main() {
         .arg("--profile")
         .arg(PROFILE)
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(&target_dir)
+        // The guests build from the same lock file as everything else.
+        .arg("--locked");
     for (package, _) in GUESTS {
         cmd.arg("-p").arg(package);
     }

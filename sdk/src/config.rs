@@ -11,7 +11,16 @@ pub fn load<T: DeserializeOwned>() -> Result<T, String> {
 /// Parses a configuration document. Separate from [`load`] so that native callers (tests,
 /// benchmarks) can configure a plugin without a host.
 pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, String> {
-    serde_json::from_str(json).map_err(|e| format!("invalid plugin configuration: {e}"))
+    let mut document = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(&mut document).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            format!("invalid plugin configuration: {inner}")
+        } else {
+            format!("invalid plugin configuration: `{path}`: {inner}")
+        }
+    })
 }
 
 /// The configuration document as the host passed it.

@@ -256,8 +256,11 @@ fn build(crate_dir: &Path) -> anyhow::Result<PathBuf> {
         .arg(&target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("running cargo build for wasm32-wasip2")?;
@@ -267,18 +270,25 @@ fn build(crate_dir: &Path) -> anyhow::Result<PathBuf> {
             crate_dir.display()
         );
     }
-    let package_id = {
-        let text = std::fs::read_to_string(&manifest_path)?;
-        let name = text
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("name = ")
-                    .map(|n| n.trim_matches('"').to_owned())
-            })
-            .context("the crate's Cargo.toml has no package name")?;
-        name.replace('-', "_")
-    };
+    // The cdylib target of the package whose manifest this is, as cargo metadata names it.
+    let manifest_path = manifest_path.canonicalize()?;
+    let package_id = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["manifest_path"]
+                .as_str()
+                .is_some_and(|m| Path::new(m) == manifest_path)
+        })
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .find(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "cdylib"))
+        })
+        .and_then(|t| t["name"].as_str().map(|n| n.replace('-', "_")))
+        .with_context(|| format!("{} has no cdylib target", manifest_path.display()))?;
     let wanted = format!("{package_id}.wasm");
     String::from_utf8_lossy(&output.stdout)
         .lines()

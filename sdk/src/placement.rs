@@ -30,11 +30,13 @@ pub trait Placement: Sized {
     const COLUMNS: FleetColumns = FleetColumns::all();
 
     /// Every reason `filter` may give, declared once so that the server can count and explain
-    /// rejections.
+    /// rejections: at most 64, each message at most 200 bytes.
     fn reasons() -> Vec<Reason> {
         Vec::new()
     }
 
+    /// Builds the plugin from its configuration; an error refuses the configuration. Called when
+    /// the plugin is loaded (so a bad configuration fails then) and at the start of every call.
     fn new(config: Self::Config) -> Result<Self, String>;
 
     /// Returns the candidates that cannot take the VM, each with a declared reason code.
@@ -159,14 +161,15 @@ pub mod __glue {
         P::new(crate::config::load()?)
     }
 
-    pub fn describe<P: Placement>() -> PluginInfo {
-        crate::log::install_panic_hook();
-        PluginInfo {
+    pub fn describe<P: Placement>() -> Result<PluginInfo, String> {
+        // Building the plugin checks its configuration now, at load.
+        plugin::<P>()?;
+        Ok(PluginInfo {
             filters: P::FILTERS,
             scores: P::SCORES,
             reasons: P::reasons(),
             columns: P::COLUMNS,
-        }
+        })
     }
 
     pub fn filter<P: Placement>(
@@ -206,7 +209,7 @@ macro_rules! export_placement {
         const _: () = {
             use $crate::__private::placement::exports::slipway::plugin::placement as wit;
             impl wit::Guest for __SlipwayPlacementExport {
-                fn describe() -> wit::PluginInfo {
+                fn describe() -> ::std::result::Result<wit::PluginInfo, ::std::string::String> {
                     $crate::placement::__glue::describe::<$plugin>()
                 }
                 fn filter(

@@ -5,10 +5,12 @@
 //! this site a rack shares a top-of-rack switch and a power domain shares a PDU, so losing either
 //! takes down every host in it. This plugin:
 //!
-//! - **filters** (with `max-per-rack`): rejects hosts in a rack that already holds that many VMs
-//!   of the request's anti-affinity group;
-//! - **scores**: prefers racks, then power domains, holding the fewest VMs of the group (or, for
-//!   an affinity group, the most).
+//! - **filters** (with `max-per-rack`): rejects hosts in a rack where that many hosts already run
+//!   a VM of the request's anti-affinity group;
+//! - **scores**: prefers racks, then power domains, with the fewest hosts running the group (or,
+//!   for an affinity group, the most).
+//!
+//! The fleet tells which groups a host runs, not how many VMs of each, so counts are of hosts.
 //!
 //! Racks and power domains are host labels; which label keys they use is configuration.
 
@@ -26,7 +28,7 @@ pub struct Config {
     pub power_label: String,
     pub rack_weight: f64,
     pub power_weight: f64,
-    /// At most this many VMs of one anti-affinity group per rack. Absent: no limit.
+    /// At most this many hosts running one anti-affinity group per rack. Absent: no limit.
     pub max_per_rack: Option<u32>,
 }
 

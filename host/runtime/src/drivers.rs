@@ -1,4 +1,5 @@
-//! Drivers plugins on the host side. Each call gets the guest tree as its only directory.
+//! Drivers plugins on the host side. Each call gets the guest tree as its only directory:
+//! read-only for `inspect`, read-write for `substitute`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,7 +47,10 @@ impl DriversPlugin {
     pub fn inspect(&self, tree: &Path, os: &OsInfo) -> Result<HardwareProfile, PluginError> {
         let (core, pre) = &*self.inner;
         core.call(
-            Sandbox::Tree(tree),
+            Sandbox::Tree {
+                dir: tree,
+                writable: false,
+            },
             |store| pre.instantiate(store),
             |b: &Bindings, store| b.slipway_plugin_drivers().call_inspect(store, os),
         )
@@ -62,7 +66,10 @@ impl DriversPlugin {
     ) -> Result<Vec<Operation>, PluginError> {
         let (core, pre) = &*self.inner;
         core.call(
-            Sandbox::Tree(tree),
+            Sandbox::Tree {
+                dir: tree,
+                writable: true,
+            },
             |store| pre.instantiate(store),
             |b: &Bindings, store| {
                 b.slipway_plugin_drivers()

@@ -1,4 +1,5 @@
-//! Identity plugins on the host side. Each call gets the guest tree as its only directory.
+//! Identity plugins on the host side. Each call gets the guest tree as its only directory:
+//! read-only for `inspect`, read-write for `strip`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,7 +44,10 @@ impl IdentityPlugin {
     pub fn inspect(&self, tree: &Path) -> Result<Option<OsInfo>, PluginError> {
         let (core, pre) = &*self.inner;
         core.call(
-            Sandbox::Tree(tree),
+            Sandbox::Tree {
+                dir: tree,
+                writable: false,
+            },
             |store| pre.instantiate(store),
             |b: &Bindings, store| b.slipway_plugin_identity().call_inspect(store),
         )
@@ -53,7 +57,10 @@ impl IdentityPlugin {
     pub fn strip(&self, tree: &Path, os: &OsInfo) -> Result<Vec<Operation>, PluginError> {
         let (core, pre) = &*self.inner;
         core.call(
-            Sandbox::Tree(tree),
+            Sandbox::Tree {
+                dir: tree,
+                writable: true,
+            },
             |store| pre.instantiate(store),
             |b: &Bindings, store| b.slipway_plugin_identity().call_strip(store, os),
         )

@@ -8,8 +8,9 @@
 //! - one engine; a fresh store per call, so no state leaks between requests;
 //! - a wall-clock deadline per call (epoch interruption), a memory cap and table/instance caps,
 //!   each failing that call alone with an error naming the plugin and the limit;
-//! - WASI deny-by-default: no environment, network or clock; identity and drivers plugins get
-//!   exactly one directory, the guest tree, preopened as `/` (cap-std keeps `..` and symlinks in);
+//! - WASI deny-by-default: no environment or network; placement and validation plugins get no
+//!   files and a frozen clock; identity and drivers plugins get exactly one directory, the guest
+//!   tree, preopened as `/` (cap-std keeps `..` and symlinks in), read-only while inspecting;
 //! - plugin stdout, stderr and log lines go to `tracing`, labelled with the plugin's name.
 //!
 //! ```no_run

@@ -115,13 +115,13 @@ pub struct OsMatch {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Limits {
-    /// Linear memory, in MiB.
+    /// Linear memory, in MiB, for each of the component's memories (Rust plugins have one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
     /// Wall-clock time for one call, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
-    /// Elements across the plugin's tables (function references).
+    /// Elements of each of the plugin's tables (function references).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_elements: Option<u32>,
     /// Core instances the component may create.
@@ -136,13 +136,17 @@ pub struct EffectiveLimits {
     pub deadline: Duration,
     pub table_elements: usize,
     pub instances: usize,
+    /// The most bytes one call may hand back to the host (results, log lines): wasmtime's
+    /// "hostcall fuel", so that a plugin cannot make the host allocate without bound.
+    pub result_bytes: usize,
 }
 
 /// Ceilings no manifest may exceed.
 pub const MAX_MEMORY_MIB: u32 = 4096;
 pub const MAX_DEADLINE_MS: u64 = 10 * 60 * 1000;
 pub const MAX_TABLE_ELEMENTS: u32 = 100_000;
-pub const MAX_INSTANCES: u32 = 100;
+/// The runtime's pool gives each component at most this many core instances.
+pub const MAX_INSTANCES: u32 = 16;
 
 impl Limits {
     /// The limits for a plugin of `kind`, with this manifest's values where it gives them.
@@ -156,7 +160,7 @@ impl Limits {
         let memory_mib = self.memory_mib.unwrap_or(memory);
         let deadline_ms = self.deadline_ms.unwrap_or(deadline);
         let table_elements = self.table_elements.unwrap_or(20_000);
-        let instances = self.instances.unwrap_or(20);
+        let instances = self.instances.unwrap_or(MAX_INSTANCES);
         check_range(
             "limits.memory-mib",
             memory_mib.into(),
@@ -181,6 +185,13 @@ impl Limits {
             deadline: Duration::from_millis(deadline_ms),
             table_elements: table_elements as usize,
             instances: instances as usize,
+            // A placement answer is 16 bytes a host (1 MiB covers 65,000 hosts); findings and
+            // operation lists are small. Tree plugins report every path they changed.
+            result_bytes: if kind.works_on_tree() {
+                16 << 20
+            } else {
+                4 << 20
+            },
         })
     }
 }

@@ -33,6 +33,10 @@ struct Inner {
     info: PlacementInfo,
 }
 
+/// The most reasons a plugin may declare, and the longest message of one.
+pub const MAX_REASONS: usize = 64;
+pub const MAX_REASON_MESSAGE: usize = 200;
+
 /// What a placement plugin said about itself at load.
 #[derive(Debug, Clone)]
 pub struct PlacementInfo {
@@ -181,10 +185,27 @@ impl PlacementPlugin {
         let described = core.call(
             Sandbox::Closed,
             |store| pre.instantiate(store),
-            |b: &Bindings, store| Ok(Ok(b.slipway_plugin_placement().call_describe(store)?)),
+            |b: &Bindings, store| b.slipway_plugin_placement().call_describe(store),
         )?;
+        let invalid = |detail: String| PluginError::InvalidResult {
+            plugin: core.name.to_string(),
+            detail,
+        };
+        if described.reasons.len() > MAX_REASONS {
+            return Err(invalid(format!(
+                "it declares {} reasons; at most {MAX_REASONS} are accepted",
+                described.reasons.len()
+            )));
+        }
         let mut reasons = BTreeMap::new();
         for reason in described.reasons {
+            if reason.message.len() > MAX_REASON_MESSAGE {
+                return Err(invalid(format!(
+                    "the message of reason {} is {} bytes; at most {MAX_REASON_MESSAGE} are accepted",
+                    reason.code,
+                    reason.message.len()
+                )));
+            }
             if reasons.insert(reason.code, reason.clone()).is_some() {
                 return Err(PluginError::InvalidResult {
                     plugin: core.name.to_string(),
@@ -581,9 +602,25 @@ pub struct Decision {
     steps: Vec<(String, Arc<BTreeMap<u32, Reason>>)>,
 }
 
+/// A pipeline step that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A weight is negative, infinite or not a number.
+    #[error("the weight of {plugin} is {weight}; weights are finite and not negative")]
+    Weight { plugin: String, weight: f64 },
+}
+
 impl Pipeline {
-    pub fn new(steps: Vec<Step>) -> Self {
-        Self { steps }
+    pub fn new(steps: Vec<Step>) -> Result<Self, PipelineError> {
+        for step in &steps {
+            if !(step.weight.is_finite() && step.weight >= 0.0) {
+                return Err(PipelineError::Weight {
+                    plugin: step.plugin.name().to_owned(),
+                    weight: step.weight,
+                });
+            }
+        }
+        Ok(Self { steps })
     }
 
     pub fn steps(&self) -> &[Step] {
@@ -651,7 +688,8 @@ pub fn remove_rejected(candidates: &mut Vec<u32>, rejected: &[Rejection], hosts:
 }
 
 /// Normalises each scorer's scores to 0..=1 (min–max over the survivors; all-equal scores count
-/// 0) and sums them with their weights.
+/// 0) and sums them with their weights. Scores are halved before subtracting, so that even
+/// `[-1e308, 1e308]` normalises instead of overflowing to NaN.
 pub fn combine(n: usize, scored: &[(Vec<f64>, f64)]) -> Vec<f64> {
     let mut totals = vec![0.0; n];
     for (scores, weight) in scored {
@@ -660,13 +698,13 @@ pub fn combine(n: usize, scored: &[(Vec<f64>, f64)]) -> Vec<f64> {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &s| {
                 (lo.min(s), hi.max(s))
             });
-        let range = max - min;
+        let range = max / 2.0 - min / 2.0;
         // All equal (or a single survivor): this scorer has no preference.
         if range.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
         for (t, s) in totals.iter_mut().zip(scores) {
-            *t += weight * (s - min) / range;
+            *t += weight * ((s / 2.0 - min / 2.0) / range);
         }
     }
     totals
@@ -801,6 +839,12 @@ mod tests {
         );
         assert_eq!(totals, [2.0, 0.5, 1.0]);
         assert_eq!(best(&[7, 8, 9], &totals), Some(7));
+    }
+
+    #[test]
+    fn extreme_scores_normalise_instead_of_overflowing() {
+        let totals = combine(3, &[(vec![-1e308, 0.0, 1e308], 1.0)]);
+        assert_eq!(totals, [0.0, 0.5, 1.0]);
     }
 
     #[test]

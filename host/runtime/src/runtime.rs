@@ -310,6 +310,8 @@ impl Runtime {
 }
 
 /// Plugin calls that may run at once; a call beyond it fails with a setup error, not a wait.
+/// (A component with many core instances uses several slots of the core-instance pool, so a
+/// pathological one lowers this.)
 pub const MAX_CONCURRENT_CALLS: u32 = 256;
 
 /// The pooling allocator: instance slots are reserved once and reused, and up to
@@ -322,12 +324,14 @@ fn pool() -> PoolingAllocationConfig {
         .total_core_instances(MAX_CONCURRENT_CALLS * 8)
         .total_memories(MAX_CONCURRENT_CALLS * 2)
         .total_tables(MAX_CONCURRENT_CALLS * 4)
-        .max_core_instances_per_component(16)
+        .max_core_instances_per_component(crate::manifest::MAX_INSTANCES)
         .max_memories_per_component(2)
         .max_tables_per_component(4)
         .max_memory_size(crate::manifest::MAX_MEMORY_MIB as usize * 1024 * 1024)
         .table_elements(crate::manifest::MAX_TABLE_ELEMENTS as usize)
-        .linear_memory_keep_resident(16 * 1024 * 1024)
+        // Covers a 10,000-host placement call; bounds the memory kept resident by idle slots
+        // to 4 MiB × the slots actually used.
+        .linear_memory_keep_resident(4 * 1024 * 1024)
         .table_keep_resident(64 * 1024)
         .pagemap_scan(Enabled::Auto);
     pool
@@ -402,6 +406,7 @@ impl PluginCore {
         })?;
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.limits.result_bytes);
         let ticks = self.limits.deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64;
         // One extra tick: the deadline counts from the next tick, never shorter than asked.
         store.set_epoch_deadline(ticks + 1);

@@ -49,8 +49,9 @@ pub(crate) struct CallState {
 pub(crate) enum Sandbox<'a> {
     /// Nothing: no files, no network, a clock frozen at the epoch.
     Closed,
-    /// Exactly one directory, preopened read-write as `/`, and real clocks.
-    Tree(&'a Path),
+    /// Exactly one directory, preopened as `/` (read-write only when the call changes the tree),
+    /// and real clocks (file times are part of the work).
+    Tree { dir: &'a Path, writable: bool },
 }
 
 impl CallState {
@@ -75,8 +76,13 @@ impl CallState {
             Sandbox::Closed => {
                 builder.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
             }
-            Sandbox::Tree(dir) => {
-                builder.preopened_dir(dir, "/", FsPerms::ReadWrite)?;
+            Sandbox::Tree { dir, writable } => {
+                let perms = if writable {
+                    FsPerms::ReadWrite
+                } else {
+                    FsPerms::ReadOnly
+                };
+                builder.preopened_dir(dir, "/", perms)?;
             }
         }
         Ok(Self {
@@ -179,7 +185,7 @@ impl WasiView for CallState {
 }
 
 /// A clock that always says "the epoch": placement and validation get no time but what the
-/// contract passes in, which also keeps their answers reproducible.
+/// contract passes in, so their answers do not depend on when they ran.
 struct FrozenClock;
 
 impl HostWallClock for FrozenClock {

@@ -132,21 +132,27 @@ mod loading {
     }
 
     #[test]
-    fn a_bad_configuration_fails_the_call_with_the_field_named() {
+    fn a_bad_configuration_refuses_the_plugin_at_load_naming_the_field() {
         let mut p = package(artifacts::CAPACITY_FILTER);
         p.manifest
             .config
             .insert("cpu-allocation-ratio".into(), "lots".into());
-        let plugin = runtime()
-            .load(p.manifest, &p.component)
-            .unwrap()
-            .into_placement()
+        let err = runtime()
+            .load(p.manifest.clone(), &p.component)
+            .err()
             .unwrap();
-        let (r, f) = small_decision();
-        let err = plugin.filter(&r, &f, &all_hosts(&f)).unwrap_err();
         assert!(matches!(err, PluginError::Failed { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("invalid plugin configuration"), "{text}");
+        assert!(text.contains("cpu-allocation-ratio"), "{text}");
+
+        // A value of the right type that the plugin itself refuses is caught at load too.
+        p.manifest
+            .config
+            .insert("cpu-allocation-ratio".into(), (-1.0).into());
+        let err = runtime().load(p.manifest, &p.component).err().unwrap();
         assert!(
-            err.to_string().contains("invalid plugin configuration"),
+            err.to_string().contains("must be a positive number"),
             "{err}"
         );
     }
@@ -188,6 +194,34 @@ mod loading {
             std::fs::read(&entry).unwrap().len() > 1000,
             "entry rewritten"
         );
+    }
+
+    #[test]
+    fn a_cache_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().to_owned()),
+            ..RuntimeConfig::default()
+        })
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("group or others may write it"),
+            "{err:#}"
+        );
+
+        // A new cache directory is created private.
+        let fresh = dir.path().join("new/cache");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(fresh.clone()),
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
@@ -296,6 +330,14 @@ mod containment {
             err.to_string().contains("which is not a candidate"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_result_too_large_to_take_back_is_refused_before_the_host_allocates_it() {
+        let (plugin, err) = failing_filter("flood-result");
+        assert!(matches!(err, PluginError::InvalidResult { .. }), "{err}");
+        assert!(err.to_string().contains("fuel"), "{err}");
+        next_call_works(&plugin);
     }
 
     #[test]

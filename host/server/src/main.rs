@@ -132,9 +132,13 @@ fn load_step(
 }
 
 fn place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
+    // Never beside the plugins: whoever may add a plugin must not be able to plant machine code.
     let cache = std::env::var_os("SLIPWAY_CACHE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| args.plugins.join(".compiled"));
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("slipway")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/slipway")))
+        .context("set SLIPWAY_CACHE_DIR (or HOME) for the compiled-plugin cache")?
+        .join("compiled-plugins");
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache),
         ..RuntimeConfig::default()
@@ -149,7 +153,7 @@ fn place(args: PlaceArgs) -> anyhow::Result<ExitCode> {
         load_step(&runtime, &found, "capacity-filter", 1.0)?,
         load_step(&runtime, &found, "label-filter", 1.0)?,
         load_step(&runtime, &found, scorer, 1.0)?,
-    ]);
+    ])?;
     let loaded = started.elapsed();
 
     let hosts: Vec<HostSnapshot> = match &args.fleet {

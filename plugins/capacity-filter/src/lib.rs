@@ -62,7 +62,7 @@ impl Placement for CapacityFilter {
     fn reasons() -> Vec<Reason> {
         vec![
             reason(ARCH, "wrong architecture", DetailKind::None),
-            reason(FEATURES, "missing host features", DetailKind::None),
+            reason(FEATURES, "missing host features", DetailKind::Features),
             reason(VCPUS, "insufficient vCPUs", DetailKind::Count),
             reason(MEMORY, "insufficient memory", DetailKind::Mib),
             reason(

@@ -72,11 +72,13 @@ impl Placement for LabelFilter {
         }
         let forbidden: Vec<u32> = self.0.forbidden.iter().filter_map(|l| symbol(l)).collect();
 
+        if let Some(label) = unknown_required {
+            slipway_plugin_sdk::debug!("no host carries the site-required label {label}");
+        }
         let mut out = Vec::new();
         for &host in candidates {
             let labels = f.labels(host);
-            if let Some(label) = unknown_required {
-                slipway_plugin_sdk::debug!("no host carries required label {label}");
+            if unknown_required.is_some() {
                 out.push(Rejection {
                     host,
                     reason: UNKNOWN_SITE_LABEL,

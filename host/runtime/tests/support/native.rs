@@ -191,5 +191,5 @@ pub fn first_party(
             other => panic!("no first-party scorer {other}"),
         }
     }
-    (rt::Pipeline::new(wasm), native)
+    (rt::Pipeline::new(wasm).unwrap(), native)
 }

@@ -52,6 +52,9 @@ impl Placement for Hostile {
             }
             "panic" => panic!("hostile plugin panics on purpose"),
             "stranger" => Ok(vec![reject(candidates.len() as u32 + 1000, 1)]),
+            // 2 million rejections, 32 MB: inside the plugin's memory limit, far beyond what the
+            // host accepts back from one call.
+            "flood-result" => Ok(vec![reject(candidates[0], 1); 2_000_000]),
             "twice" => Ok(vec![reject(candidates[0], 1), reject(candidates[0], 1)]),
             "undeclared" => Ok(vec![reject(candidates[0], 77)]),
             "fail" => Err("the hostile plugin refuses".into()),
