@@ -27,7 +27,6 @@ pub fn enabled(level: LogLevel) -> bool {
     #[cfg(not(target_family = "wasm"))]
     {
         // Natively (benchmarks, unit tests) there is no host: only warnings and errors matter.
-        let _ = OnceLock::<()>::new;
         rank(level) >= rank(LogLevel::Warn)
     }
 }
