@@ -13,6 +13,8 @@ pub use crate::bindings::types::{HardwareConfig, Operation, OsInfo};
 pub trait Drivers: Sized {
     type Config: DeserializeOwned;
 
+    /// Builds the plugin from its configuration; an error refuses the configuration. Called when
+    /// the plugin is loaded (so a bad configuration fails then) and at the start of every call.
     fn new(config: Self::Config) -> Result<Self, String>;
 
     fn inspect(&self, os: &OsInfo) -> Result<HardwareProfile, String>;
@@ -32,6 +34,10 @@ pub mod __glue {
     fn plugin<P: Drivers>() -> Result<P, String> {
         crate::log::install_panic_hook();
         P::new(crate::config::load()?)
+    }
+
+    pub fn check_config<P: Drivers>() -> Result<(), String> {
+        plugin::<P>().map(drop)
     }
 
     pub fn inspect<P: Drivers>(os: OsInfo) -> Result<HardwareProfile, String> {
@@ -64,6 +70,9 @@ macro_rules! export_drivers {
         const _: () = {
             use $crate::__private::drivers::exports::slipway::plugin::drivers as wit;
             impl wit::Guest for __SlipwayDriversExport {
+                fn check_config() -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::drivers::__glue::check_config::<$plugin>()
+                }
                 fn inspect(
                     os: $crate::types::OsInfo,
                 ) -> ::std::result::Result<wit::HardwareProfile, ::std::string::String> {

@@ -14,6 +14,8 @@ pub use crate::bindings::types::{Arch, InitSystem, Operation, OsInfo};
 pub trait Identity: Sized {
     type Config: DeserializeOwned;
 
+    /// Builds the plugin from its configuration; an error refuses the configuration. Called when
+    /// the plugin is loaded (so a bad configuration fails then) and at the start of every call.
     fn new(config: Self::Config) -> Result<Self, String>;
 
     /// Which OS the tree holds, or `None` if this plugin does not recognise it.
@@ -30,6 +32,10 @@ pub mod __glue {
     fn plugin<P: Identity>() -> Result<P, String> {
         crate::log::install_panic_hook();
         P::new(crate::config::load()?)
+    }
+
+    pub fn check_config<P: Identity>() -> Result<(), String> {
+        plugin::<P>().map(drop)
     }
 
     pub fn inspect<P: Identity>() -> Result<Option<OsInfo>, String> {
@@ -58,6 +64,9 @@ macro_rules! export_identity {
         const _: () = {
             use $crate::__private::identity::exports::slipway::plugin::identity as wit;
             impl wit::Guest for __SlipwayIdentityExport {
+                fn check_config() -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::identity::__glue::check_config::<$plugin>()
+                }
                 fn inspect() -> ::std::result::Result<
                     ::std::option::Option<$crate::types::OsInfo>,
                     ::std::string::String,

@@ -13,6 +13,8 @@ pub use crate::bindings::validation::exports::slipway::plugin::validation::Valid
 pub trait Validation: Sized {
     type Config: DeserializeOwned;
 
+    /// Builds the plugin from its configuration; an error refuses the configuration. Called when
+    /// the plugin is loaded (so a bad configuration fails then) and at the start of every call.
     fn new(config: Self::Config) -> Result<Self, String>;
 
     fn validate(
@@ -44,12 +46,20 @@ pub fn warning(field: &str, message: impl Into<String>, suggestion: Option<Strin
 pub mod __glue {
     use super::*;
 
+    fn plugin<P: Validation>() -> Result<P, String> {
+        crate::log::install_panic_hook();
+        P::new(crate::config::load()?)
+    }
+
     pub fn validate<P: Validation>(
         request: VmRequest,
         context: ValidationContext,
     ) -> Result<Vec<Finding>, String> {
-        crate::log::install_panic_hook();
-        P::new(crate::config::load()?)?.validate(&request, &context)
+        plugin::<P>()?.validate(&request, &context)
+    }
+
+    pub fn check_config<P: Validation>() -> Result<(), String> {
+        plugin::<P>().map(drop)
     }
 }
 
@@ -78,6 +88,9 @@ macro_rules! export_validation {
                     ::std::string::String,
                 > {
                     $crate::validation::__glue::validate::<$plugin>(request, context)
+                }
+                fn check_config() -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::validation::__glue::check_config::<$plugin>()
                 }
             }
         };

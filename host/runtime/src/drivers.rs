@@ -25,10 +25,12 @@ impl DriversPlugin {
         core: PluginCore,
         pre: DriversPluginPre<CallState>,
     ) -> Result<Self, PluginError> {
+        // The eager first call: a plugin that cannot start, or refuses its configuration, fails
+        // to load.
         core.call(
             Sandbox::Closed,
             |store| pre.instantiate(store),
-            |_: &Bindings, _| Ok(Ok(())),
+            |b: &Bindings, store| b.slipway_plugin_drivers().call_check_config(store),
         )?;
         Ok(Self {
             inner: Arc::new((core, pre)),

@@ -22,10 +22,12 @@ impl IdentityPlugin {
         core: PluginCore,
         pre: IdentityPluginPre<CallState>,
     ) -> Result<Self, PluginError> {
+        // The eager first call: a plugin that cannot start, or refuses its configuration, fails
+        // to load.
         core.call(
             Sandbox::Closed,
             |store| pre.instantiate(store),
-            |_: &Bindings, _| Ok(Ok(())),
+            |b: &Bindings, store| b.slipway_plugin_identity().call_check_config(store),
         )?;
         Ok(Self {
             inner: Arc::new((core, pre)),

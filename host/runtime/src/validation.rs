@@ -26,11 +26,12 @@ impl ValidationPlugin {
         core: PluginCore,
         pre: ValidationPluginPre<CallState>,
     ) -> Result<Self, PluginError> {
-        // Instantiate once now, so a plugin that cannot start fails at load.
+        // The eager first call: a plugin that cannot start, or refuses its configuration, fails
+        // to load.
         core.call(
             Sandbox::Closed,
             |store| pre.instantiate(store),
-            |_: &Bindings, _| Ok(Ok(())),
+            |b: &Bindings, store| b.slipway_plugin_validation().call_check_config(store),
         )?;
         Ok(Self {
             inner: Arc::new((core, pre)),

@@ -494,13 +494,31 @@ mod sandbox {
         assert_eq!(outside_now.len(), 1, "nothing was written outside the tree");
     }
 
+    fn escaper(config: serde_json::Value) -> Result<Plugin, PluginError> {
+        let mut p = package(artifacts::TEST_PLUGIN_ESCAPER);
+        p.manifest.config = config.as_object().unwrap().clone();
+        runtime().load(p.manifest, &p.component)
+    }
+
     #[test]
     fn an_identity_plugin_given_a_missing_tree_fails_setup() {
-        let plugin = load(artifacts::TEST_PLUGIN_ESCAPER)
+        let plugin = escaper(serde_json::json!({ "outside": "/nowhere" }))
+            .unwrap()
             .into_identity()
             .unwrap();
         let err = plugin.inspect(Path::new("/nonexistent/tree")).unwrap_err();
         assert!(matches!(err, PluginError::Setup { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_identity_plugin_refusing_its_configuration_fails_at_load() {
+        let err = escaper(serde_json::json!({})).err().unwrap();
+        assert!(matches!(err, PluginError::Failed { .. }), "{err}");
+        assert!(err.to_string().contains("missing field `outside`"), "{err}");
+        let err = escaper(serde_json::json!({ "outside": "/x", "extra": 1 }))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("`extra`"), "{err}");
     }
 }
 
