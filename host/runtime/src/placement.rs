@@ -254,21 +254,15 @@ impl PlacementPlugin {
         fleet: &Fleet,
         candidates: &[u32],
     ) -> Result<Vec<Rejection>, PluginError> {
-        let rejections = {
-            let view = fleet.view(self.inner.info.columns);
-            self.inner.core.call(
-                Sandbox::Closed,
-                |store| self.inner.pre.instantiate(store),
-                |b: &Bindings, store| {
-                    b.slipway_plugin_placement().call_filter(
-                        store,
-                        request.wire(),
-                        view,
-                        candidates,
-                    )
-                },
-            )
-        }?;
+        let view = fleet.view(self.inner.info.columns);
+        let rejections = self.inner.core.call(
+            Sandbox::Closed,
+            |store| self.inner.pre.instantiate(store),
+            |b: &Bindings, store| {
+                b.slipway_plugin_placement()
+                    .call_filter(store, request.wire(), view, candidates)
+            },
+        )?;
         self.check_rejections(&rejections, fleet, candidates)?;
         Ok(rejections)
     }
@@ -280,17 +274,15 @@ impl PlacementPlugin {
         fleet: &Fleet,
         candidates: &[u32],
     ) -> Result<Vec<f64>, PluginError> {
-        let scores = {
-            let view = fleet.view(self.inner.info.columns);
-            self.inner.core.call(
-                Sandbox::Closed,
-                |store| self.inner.pre.instantiate(store),
-                |b: &Bindings, store| {
-                    b.slipway_plugin_placement()
-                        .call_score(store, request.wire(), view, candidates)
-                },
-            )
-        }?;
+        let view = fleet.view(self.inner.info.columns);
+        let scores = self.inner.core.call(
+            Sandbox::Closed,
+            |store| self.inner.pre.instantiate(store),
+            |b: &Bindings, store| {
+                b.slipway_plugin_placement()
+                    .call_score(store, request.wire(), view, candidates)
+            },
+        )?;
         if scores.len() != candidates.len() {
             return Err(self.invalid(format!(
                 "{} scores for {} candidates",
