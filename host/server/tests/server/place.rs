@@ -1,4 +1,4 @@
-//! The `slipway` binary, run as a user runs it, against the real plugins built to WebAssembly.
+//! `slipway place`, run as a user runs it, against the real plugins built to WebAssembly.
 
 use std::path::Path;
 use std::process::{Command, Output};

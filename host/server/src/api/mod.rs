@@ -1,0 +1,345 @@
+//! The HTTP API, versioned under `/v1`.
+//!
+//! Every handler carries its OpenAPI description (`#[utoipa::path]`) and is registered through
+//! `utoipa_axum`, so the document served at `/v1/openapi.json` is generated from the routes that
+//! exist; `host/server/openapi.json` is its committed copy, and a test fails when they differ.
+//!
+//! Authentication is a bearer token checked by the [`Caller`] extractor before anything else of
+//! the request is read: a missing or unknown token is 401, a token without the role the route needs
+//! is 403, in both cases before the handler looks anything up, so neither answer says whether the
+//! resource exists. JSON bodies go through [`JsonBody`], which answers in the API's own problem
+//! format with the path of the field at fault.
+
+mod catalog;
+mod error;
+mod images;
+mod jobs;
+pub mod system;
+mod tokens;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use slipway_core::catalog::FieldError;
+use slipway_core::resources::{Role, Token};
+use slipway_store::PageRequest;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+pub use error::{ApiError, Problem};
+
+use crate::App;
+
+pub type AppState = Arc<App>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Slipway",
+        description = "Provision virtual machines from a catalog of model VMs. Every error is an \
+                       application/problem+json document with a stable `type`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "system", description = "Health and the API's own description"),
+        (name = "tokens", description = "API tokens (admin)"),
+        (name = "images", description = "The content-addressed image store (operator)"),
+        (name = "applications", description = "Applications and how to install them"),
+        (name = "model-vms", description = "Model VMs: the catalog staging starts from (operator)"),
+        (name = "jobs", description = "Long operations and the event stream (operator)"),
+        (name = "plugins", description = "Loaded plugins (admin)"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A token from `slipway token create`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The routes and their OpenAPI document, before state is attached.
+fn routes(max_json_body: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::routes;
+    // Calls that answer promptly: bounded bodies and a deadline.
+    let quick = OpenApiRouter::new()
+        .routes(routes!(system::health))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
+        .routes(routes!(images::import_image))
+        .routes(routes!(images::get_image, images::delete_image))
+        .routes(routes!(
+            catalog::create_application,
+            catalog::list_applications
+        ))
+        .routes(routes!(
+            catalog::get_application,
+            catalog::replace_application,
+            catalog::delete_application
+        ))
+        .routes(routes!(catalog::create_model_vm, catalog::list_model_vms))
+        .routes(routes!(
+            catalog::get_model_vm,
+            catalog::replace_model_vm,
+            catalog::delete_model_vm
+        ))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(system::list_plugins))
+        .layer(DefaultBodyLimit::max(max_json_body));
+    // Calls that stream: an upload's body, event streams. They have idle limits of their own.
+    let streaming = OpenApiRouter::new()
+        .routes(routes!(images::upload_image, images::list_images))
+        .routes(routes!(jobs::job_events))
+        .routes(routes!(jobs::events));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(quick)
+        .merge(streaming)
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as generated from the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(1).1
+}
+
+/// The whole API, ready to serve.
+pub fn router(app: AppState) -> Router {
+    let (router, doc) = routes(app.config.max_json_body);
+    let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
+    router
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], (*doc).clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), timeout))
+        .with_state(app)
+}
+
+/// Bounds the time of every call but those that stream.
+async fn timeout(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = app.config.request_timeout;
+    let streaming = is_streaming(request.method(), request.uri().path());
+    if streaming {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit.as_secs()).into_response(),
+    }
+}
+
+fn is_streaming(method: &axum::http::Method, path: &str) -> bool {
+    (method == axum::http::Method::POST && path == "/v1/images")
+        || path == "/v1/events"
+        || (path.starts_with("/v1/jobs/") && path.ends_with("/events"))
+        || (path == "/v1/images/import")
+}
+
+/// The marker types of [`Caller`]: the least role a route needs.
+pub trait MinRole: Send + Sync + 'static {
+    const ROLE: Role;
+}
+pub struct Admin;
+pub struct Operator;
+pub struct Requester;
+impl MinRole for Admin {
+    const ROLE: Role = Role::Admin;
+}
+impl MinRole for Operator {
+    const ROLE: Role = Role::Operator;
+}
+impl MinRole for Requester {
+    const ROLE: Role = Role::Requester;
+}
+
+/// The authenticated caller of a route that needs at least role `R`.
+pub struct Caller<R: MinRole> {
+    pub token: Token,
+    _role: PhantomData<R>,
+}
+
+impl<R: MinRole> FromRequestParts<AppState> for Caller<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::Unauthorized("no bearer token: send `Authorization: Bearer <token>`".into())
+        })?;
+        let secret = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header is not `Bearer <token>`".into())
+            })?;
+        let token = app
+            .store
+            .authenticate(secret)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("the token is unknown or revoked".into()))?;
+        if token.role < R::ROLE {
+            return Err(ApiError::Forbidden {
+                needed: R::ROLE,
+                has: token.role,
+            });
+        }
+        Ok(Self {
+            token,
+            _role: PhantomData,
+        })
+    }
+}
+
+/// A JSON body whose errors are problems: 415 without a JSON content type, 413 when too large, 400
+/// when not JSON, 422 with the field's path when JSON of the wrong shape.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as JSON, with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = bytes::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge("the JSON body exceeds the server's limit".into())
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::invalid(vec![FieldError::new(
+                if path == "." { String::new() } else { path },
+                strip_position(&inner.to_string()),
+            )]),
+            _ => ApiError::MalformedJson(format!("the body is not JSON: {inner}")),
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not JSON: {e}")))?;
+    Ok(value)
+}
+
+/// serde_json appends " at line 1 column 42" to data errors; the field path says it better.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Query parameters whose errors are problems too.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded_deserializer(query);
+        de.map(QueryParams)
+    }
+}
+
+fn serde_urlencoded_deserializer<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{query}")
+            .parse()
+            .map_err(|_| ApiError::BadRequest("the query string is not valid".into()))?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| ApiError::BadRequest(format!("in the query string: {}", e.body_text())))
+}
+
+/// `?limit=&after=` on every listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Paging {
+    /// Items per page, 1 to 500 [default: 100].
+    pub limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+}
+
+impl Paging {
+    pub fn request(&self) -> PageRequest {
+        PageRequest {
+            after: self.after.clone(),
+            limit: self.limit.unwrap_or(100),
+        }
+    }
+}
+
+/// Parses `If-Match: "<revision>"` (or a bare number).
+pub fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse().map(Some).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "If-Match must name a revision, as the ETag of a GET does; got {text:?}"
+        ))
+    })
+}
+
+/// `ETag: "<revision>"` for a resource with revisions.
+pub fn etag(revision: u64) -> [(header::HeaderName, String); 1] {
+    [(header::ETAG, format!("\"{revision}\""))]
+}

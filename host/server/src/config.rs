@@ -1,0 +1,256 @@
+//! The server's configuration: built-in defaults, then a TOML file, then environment variables,
+//! then flags, each overriding the one before. `slipway serve --help` lists every option with its
+//! variable; the file takes the same names in `snake_case`, grouped as in [`FileConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Where the server listens unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7780";
+
+/// `slipway serve`'s options. Every one may also come from the environment or the config file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file [default: <data-dir>/slipway.toml, when it exists].
+    #[arg(long, env = "SLIPWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the server keeps its state: the database, the image store, the admin token
+    /// [default: $XDG_DATA_HOME/slipway or ~/.local/share/slipway].
+    #[arg(long, env = "SLIPWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:7780]; port 0 picks a free one.
+    #[arg(long, env = "SLIPWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of plugin directories to load at start [default: <data-dir>/plugins].
+    #[arg(long, env = "SLIPWAY_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// Log filter, in `tracing` syntax (`info`, `slipway_server=debug,warn`) [default: info].
+    #[arg(long, env = "SLIPWAY_LOG")]
+    pub log: Option<String>,
+    /// Log format: `text` for people, `json` for collectors [default: text].
+    #[arg(long, env = "SLIPWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Largest virtual size a disk image may claim, in bytes [default: 2 TiB].
+    #[arg(long, env = "SLIPWAY_MAX_VIRTUAL_SIZE")]
+    pub max_virtual_size: Option<u64>,
+    /// Largest upload or import, in bytes [default: 1 TiB].
+    #[arg(long, env = "SLIPWAY_MAX_IMAGE_SIZE")]
+    pub max_image_size: Option<u64>,
+    /// Directories from which images may be imported by path; repeatable
+    /// [default: <data-dir>/import].
+    #[arg(
+        long = "import-dir",
+        env = "SLIPWAY_IMPORT_DIRS",
+        value_delimiter = ':'
+    )]
+    pub import_dirs: Vec<PathBuf>,
+    /// Caps the bytes per second an import copies, to spare the disks of a busy server
+    /// [default: unlimited].
+    #[arg(long, env = "SLIPWAY_IMPORT_RATE")]
+    pub import_rate: Option<u64>,
+    /// Jobs that run at once [default: 2].
+    #[arg(long, env = "SLIPWAY_JOB_WORKERS")]
+    pub job_workers: Option<usize>,
+    /// Seconds a graceful shutdown waits for requests and jobs before parking the jobs
+    /// [default: 20].
+    #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<u64>,
+    /// Seconds an API call may take, uploads and event streams excepted [default: 30].
+    #[arg(long, env = "SLIPWAY_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<u64>,
+    /// Seconds an upload may go without receiving a byte before it is abandoned [default: 60].
+    #[arg(long, env = "SLIPWAY_UPLOAD_IDLE_TIMEOUT")]
+    pub upload_idle_timeout: Option<u64>,
+    /// Largest JSON body, in bytes [default: 1 MiB].
+    #[arg(long, env = "SLIPWAY_MAX_JSON_BODY")]
+    pub max_json_body: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The configuration file. Unknown keys are refused, so that a typo does not silently fall back to
+/// a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub plugins: Option<PathBuf>,
+    pub log: Option<String>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub images: FileImages,
+    #[serde(default)]
+    pub jobs: FileJobs,
+    #[serde(default)]
+    pub http: FileHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileImages {
+    pub max_virtual_size: Option<u64>,
+    pub max_image_size: Option<u64>,
+    pub import_dirs: Option<Vec<PathBuf>>,
+    pub import_rate: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileJobs {
+    pub workers: Option<usize>,
+    pub shutdown_grace: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    pub request_timeout: Option<u64>,
+    pub upload_idle_timeout: Option<u64>,
+    pub max_json_body: Option<usize>,
+}
+
+/// The configuration the server runs with, every option resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub plugins: PathBuf,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub max_virtual_size: u64,
+    pub max_image_size: u64,
+    pub import_dirs: Vec<PathBuf>,
+    pub import_rate: Option<u64>,
+    pub job_workers: usize,
+    pub shutdown_grace: Duration,
+    pub request_timeout: Duration,
+    pub upload_idle_timeout: Duration,
+    pub max_json_body: usize,
+}
+
+pub const TIB: u64 = 1 << 40;
+
+/// The per-user data directory: `$XDG_DATA_HOME/slipway`, else `~/.local/share/slipway`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("slipway"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/slipway")))
+}
+
+impl Config {
+    /// Resolves flags and environment (already merged by clap) over the file over the defaults.
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        let explicit_file = args.config.clone();
+        let data_dir_hint = args.data_dir.clone().or_else(default_data_dir);
+        let file_path = explicit_file.clone().or_else(|| {
+            data_dir_hint
+                .as_ref()
+                .map(|d| d.join("slipway.toml"))
+                .filter(|p| p.exists())
+        });
+        let file = match &file_path {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .or_else(default_data_dir)
+            .context("no data directory: pass --data-dir or set HOME")?;
+        let import_dirs = if !args.import_dirs.is_empty() {
+            args.import_dirs
+        } else {
+            file.images
+                .import_dirs
+                .unwrap_or_else(|| vec![data_dir.join("import")])
+        };
+        let config = Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid literal address")),
+            plugins: args
+                .plugins
+                .or(file.plugins)
+                .unwrap_or_else(|| data_dir.join("plugins")),
+            log: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            max_virtual_size: args
+                .max_virtual_size
+                .or(file.images.max_virtual_size)
+                .unwrap_or(2 * TIB),
+            max_image_size: args
+                .max_image_size
+                .or(file.images.max_image_size)
+                .unwrap_or(TIB),
+            import_dirs,
+            import_rate: args.import_rate.or(file.images.import_rate),
+            job_workers: args
+                .job_workers
+                .or(file.jobs.workers)
+                .unwrap_or(2)
+                .clamp(1, 64),
+            shutdown_grace: Duration::from_secs(
+                args.shutdown_grace
+                    .or(file.jobs.shutdown_grace)
+                    .unwrap_or(20),
+            ),
+            request_timeout: Duration::from_secs(
+                args.request_timeout
+                    .or(file.http.request_timeout)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
+            upload_idle_timeout: Duration::from_secs(
+                args.upload_idle_timeout
+                    .or(file.http.upload_idle_timeout)
+                    .unwrap_or(60)
+                    .max(1),
+            ),
+            max_json_body: args
+                .max_json_body
+                .or(file.http.max_json_body)
+                .unwrap_or(1 << 20),
+            data_dir,
+        };
+        Ok(config)
+    }
+
+    /// A configuration for tests and embedding: defaults, with the data in `data_dir`.
+    pub fn with_data_dir(data_dir: &Path) -> Self {
+        Self::resolve(ServeArgs {
+            data_dir: Some(data_dir.to_owned()),
+            config: Some(PathBuf::from("/dev/null")),
+            ..ServeArgs::default()
+        })
+        .expect("defaults resolve")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.data_dir.join("slipway.db")
+    }
+
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the configuration file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in the configuration file {}", path.display()))
+}

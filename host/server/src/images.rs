@@ -1,0 +1,753 @@
+//! The image store: content-addressed blobs under `<data-dir>/images/blobs/sha256/`, each named by
+//! the sha256 of its bytes.
+//!
+//! Bytes arrive (an upload's body, or an import from a path) into a temporary file under
+//! `images/tmp/`, hashed as they are written. A disk image's format is then read from its header,
+//! never from its name, and every header is hostile input: a qcow2 with a backing file or an
+//! external data file (which would make `qemu-img` open another path, `/etc/passwd` say), an
+//! encrypted one, a VMDK that is only a descriptor pointing at other files, and any image claiming
+//! more than the configured virtual size are refused before `qemu-img` touches them. Raw and VMDK
+//! images are converted to qcow2, the stored format. The result is renamed into place, so a blob
+//! exists whole or not at all; every temporary file is removed on any failure (a `TempPath`
+//! deletes itself when dropped), and whatever a crash leaves in `tmp/` is swept at the next start.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use slipway_core::resources::{ImageFormat, ImageKind};
+use tempfile::TempPath;
+use tokio_util::sync::CancellationToken;
+
+/// Why an image was refused or could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("the upload ended after {received} bytes, before the {expected} it declared")]
+    Truncated { received: u64, expected: u64 },
+    #[error("the upload failed after {received} bytes: {message}")]
+    Interrupted { received: u64, message: String },
+    #[error("no bytes arrived for {0:?}; the upload was abandoned")]
+    Idle(Duration),
+    #[error("the content's sha256 is {actual}, not the {expected} it was declared to be")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("the image is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(
+        "the image's header claims a virtual size of {claimed} bytes, more than the limit of {limit} bytes"
+    )]
+    VirtualSizeTooLarge { claimed: u64, limit: u64 },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the image is damaged: {0}")]
+    Corrupt(String),
+    #[error("the image store's disk is full")]
+    NoSpace,
+    #[error("{path} is not inside an import directory (allowed: {allowed})")]
+    ImportNotAllowed { path: String, allowed: String },
+    #[error("cannot read {path}: {source}")]
+    Source {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a regular file or block device")]
+    NotAFile { path: String },
+    #[error("qemu-img {action} failed: {message}")]
+    QemuImg {
+        action: &'static str,
+        message: String,
+    },
+    #[error("the operation was cancelled by a shutdown")]
+    Cancelled,
+    #[error("the image store could not write: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl From<io::Error> for ImageError {
+    fn from(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(28) || e.kind() == io::ErrorKind::StorageFull {
+            ImageError::NoSpace
+        } else {
+            ImageError::Io(e)
+        }
+    }
+}
+
+pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+/// Bytes received into a temporary file, with their digest.
+#[derive(Debug)]
+pub struct Received {
+    pub path: TempPath,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// What an image's header and `qemu-img info` say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspected {
+    pub format: ImageFormat,
+    pub virtual_size: Option<u64>,
+}
+
+/// A blob ready to be committed: its stored format, digest and size.
+#[derive(Debug)]
+pub struct Canonical {
+    pub path: TempPath,
+    pub format: ImageFormat,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_virtual_size: u64,
+    pub max_image_size: u64,
+    pub import_dirs: Vec<PathBuf>,
+    pub import_rate: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct ImageStore {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    limits: Arc<Limits>,
+    /// Serialises storing and deleting: a blob's file and its record change together.
+    commit_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl ImageStore {
+    /// Opens the store under `root`, removing whatever an earlier run left in `tmp/`: at start no
+    /// job owns a temporary file yet.
+    pub fn open(root: &Path, limits: Limits) -> io::Result<Self> {
+        let blobs = root.join("blobs/sha256");
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&blobs)?;
+        std::fs::create_dir_all(&tmp)?;
+        let swept = sweep(&tmp)?;
+        if swept > 0 {
+            tracing::info!(files = swept, dir = %tmp.display(), "removed temporary files left by an earlier run");
+        }
+        Ok(Self {
+            blobs,
+            tmp,
+            limits: Arc::new(limits),
+            commit_lock: Arc::default(),
+        })
+    }
+
+    /// Held while a blob and its record are added or removed together.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.commit_lock.lock().await
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn blob_path(&self, id: &str) -> PathBuf {
+        self.blobs.join(id)
+    }
+
+    fn temp(&self) -> io::Result<(File, TempPath)> {
+        let file = tempfile::Builder::new()
+            .prefix("incoming-")
+            .tempfile_in(&self.tmp)?;
+        Ok(file.into_parts())
+    }
+
+    /// Streams a body into a temporary file, hashing as it goes, off the async threads.
+    pub async fn receive<S, E>(
+        &self,
+        mut body: S,
+        declared: Option<u64>,
+        idle: Duration,
+        progress: Arc<AtomicU64>,
+    ) -> Result<Received>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let limit = self.limits.max_image_size;
+        if let Some(declared) = declared
+            && declared > limit
+        {
+            return Err(ImageError::TooLarge { limit });
+        }
+        let (file, path) = self.temp()?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<(File, String)> {
+            let mut file = file;
+            let mut hasher = Sha256::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                file.write_all(&chunk)?;
+            }
+            Ok((file, hex::encode(hasher.finalize())))
+        });
+        let mut received = 0u64;
+        let outcome: Result<()> = async {
+            loop {
+                let next = tokio::time::timeout(idle, body.next())
+                    .await
+                    .map_err(|_| ImageError::Idle(idle))?;
+                let chunk = match next {
+                    None => break,
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(e)) => {
+                        return Err(match declared {
+                            Some(expected) => ImageError::Truncated { received, expected },
+                            None => ImageError::Interrupted {
+                                received,
+                                message: e.to_string(),
+                            },
+                        });
+                    }
+                };
+                received += chunk.len() as u64;
+                if received > limit {
+                    return Err(ImageError::TooLarge { limit });
+                }
+                progress.store(received, Ordering::Relaxed);
+                if tx.send(chunk).await.is_err() {
+                    // The writer stopped early: its error is the one to report.
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| ImageError::Io(io::Error::other(e)))?;
+        outcome?;
+        let (file, sha256) = written?;
+        if let Some(expected) = declared
+            && received != expected
+        {
+            return Err(ImageError::Truncated { received, expected });
+        }
+        // The blob must be on disk before a record says it exists.
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| ImageError::Io(io::Error::other(e)))??;
+        Ok(Received {
+            path,
+            sha256,
+            size: received,
+        })
+    }
+
+    /// Resolves an import path and checks it lies in an import directory, after symlinks.
+    pub fn import_source(&self, path: &Path) -> Result<PathBuf> {
+        let shown = path.display().to_string();
+        let real = std::fs::canonicalize(path).map_err(|source| ImageError::Source {
+            path: shown.clone(),
+            source,
+        })?;
+        let allowed = self.limits.import_dirs.iter().any(|dir| {
+            std::fs::canonicalize(dir)
+                .map(|dir| real.starts_with(dir))
+                .unwrap_or(false)
+        });
+        if !allowed {
+            return Err(ImageError::ImportNotAllowed {
+                path: shown,
+                allowed: self
+                    .limits
+                    .import_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(real)
+    }
+
+    /// Copies a file (or block device) into a temporary file, hashing it, at most at the
+    /// configured rate, stopping when `cancel` fires.
+    pub async fn copy_in(
+        &self,
+        source: PathBuf,
+        progress: Arc<AtomicU64>,
+        total: Arc<AtomicU64>,
+        cancel: CancellationToken,
+    ) -> Result<Received> {
+        let (file, path) = self.temp()?;
+        let limit = self.limits.max_image_size;
+        let rate = self.limits.import_rate;
+        tokio::task::spawn_blocking(move || -> Result<Received> {
+            let shown = source.display().to_string();
+            let source_err = |source| ImageError::Source {
+                path: shown.clone(),
+                source,
+            };
+            let mut input = File::open(&source).map_err(source_err)?;
+            let meta = input.metadata().map_err(source_err)?;
+            use std::os::unix::fs::FileTypeExt;
+            let size = if meta.file_type().is_block_device() {
+                use std::io::Seek;
+                let end = input.seek(io::SeekFrom::End(0)).map_err(source_err)?;
+                input.seek(io::SeekFrom::Start(0)).map_err(source_err)?;
+                end
+            } else if meta.is_file() {
+                meta.len()
+            } else {
+                return Err(ImageError::NotAFile { path: shown });
+            };
+            if size > limit {
+                return Err(ImageError::TooLarge { limit });
+            }
+            total.store(size, Ordering::Relaxed);
+            let mut output = file;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; CHUNK];
+            let mut done = 0u64;
+            let started = Instant::now();
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(ImageError::Cancelled);
+                }
+                let n = input.read(&mut buf).map_err(source_err)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                output.write_all(&buf[..n])?;
+                done += n as u64;
+                if done > limit {
+                    return Err(ImageError::TooLarge { limit });
+                }
+                progress.store(done, Ordering::Relaxed);
+                if let Some(rate) = rate.filter(|r| *r > 0) {
+                    let due = Duration::from_secs_f64(done as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            output.sync_all()?;
+            Ok(Received {
+                path,
+                sha256: hex::encode(hasher.finalize()),
+                size: done,
+            })
+        })
+        .await
+        .map_err(|e| ImageError::Io(io::Error::other(e)))?
+    }
+
+    /// Reads the format from the header, refuses what must not be opened, and asks `qemu-img` for
+    /// the rest.
+    pub async fn inspect(&self, path: &Path, kind: ImageKind) -> Result<Inspected> {
+        if kind == ImageKind::Artifact {
+            return Ok(Inspected {
+                format: ImageFormat::Blob,
+                virtual_size: None,
+            });
+        }
+        let max = self.limits.max_virtual_size;
+        let owned = path.to_owned();
+        let header = tokio::task::spawn_blocking(move || read_header(&owned))
+            .await
+            .map_err(|e| ImageError::Io(io::Error::other(e)))??;
+        let claimed = check_header(&header, max)?;
+        if claimed.format == ImageFormat::Raw {
+            return Ok(claimed);
+        }
+        let info = qemu_img_info(path, claimed.format).await?;
+        if info.backing.is_some() {
+            return Err(ImageError::Unsupported(
+                "the image names a backing file; upload a self-contained image (qemu-img convert flattens it)".into(),
+            ));
+        }
+        if info.virtual_size > max {
+            return Err(ImageError::VirtualSizeTooLarge {
+                claimed: info.virtual_size,
+                limit: max,
+            });
+        }
+        Ok(Inspected {
+            format: claimed.format,
+            virtual_size: Some(info.virtual_size),
+        })
+    }
+
+    /// Brings received bytes to the stored format: qcow2 for disks (converted from raw or VMDK),
+    /// as they are for artifacts.
+    pub async fn canonicalize(
+        &self,
+        received: Received,
+        inspected: Inspected,
+        cancel: CancellationToken,
+    ) -> Result<Canonical> {
+        match inspected.format {
+            ImageFormat::Qcow2 | ImageFormat::Blob => Ok(Canonical {
+                path: received.path,
+                format: inspected.format,
+                sha256: received.sha256,
+                size: received.size,
+            }),
+            ImageFormat::Raw | ImageFormat::Vmdk => {
+                let (_, out) = self.temp()?;
+                let mut command = tokio::process::Command::new("qemu-img");
+                command
+                    .args(["convert", "-q", "-f", inspected.format.as_str()])
+                    .args(["-O", "qcow2", "-o", "compat=1.1"])
+                    .arg(&*received.path)
+                    .arg(&*out)
+                    .kill_on_drop(true);
+                let output = tokio::select! {
+                    output = command.output() => output.map_err(qemu_missing)?,
+                    () = cancel.cancelled() => return Err(ImageError::Cancelled),
+                };
+                if !output.status.success() {
+                    return Err(qemu_failed("convert", &output));
+                }
+                drop(received);
+                let path = out.to_path_buf();
+                let (sha256, size) = tokio::task::spawn_blocking(move || hash_file(&path))
+                    .await
+                    .map_err(|e| ImageError::Io(io::Error::other(e)))??;
+                Ok(Canonical {
+                    path: out,
+                    format: ImageFormat::Qcow2,
+                    sha256,
+                    size,
+                })
+            }
+        }
+    }
+
+    /// Moves a canonical blob into place under its digest; returns its allocated size. A blob
+    /// already present (the same bytes stored before) is kept and the new copy dropped.
+    pub fn commit(&self, blob: Canonical) -> Result<u64> {
+        let target = self.blob_path(&blob.sha256);
+        if !target.exists() {
+            std::fs::set_permissions(&blob.path, std::fs::Permissions::from_mode(0o444))?;
+            blob.path
+                .persist(&target)
+                .map_err(|e| ImageError::Io(e.error))?;
+            // The rename is durable once the directory is.
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        Ok(std::fs::metadata(&target)?.blocks() * 512)
+    }
+
+    /// Removes a blob; a blob already gone is not an error.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.blob_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Blob files no record names (a crash between rename and insert): removed at start.
+    pub fn sweep_unreferenced(&self, known: &[String]) -> io::Result<usize> {
+        let known: std::collections::HashSet<&str> = known.iter().map(String::as_str).collect();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.blobs)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !known.contains(name.to_string_lossy().as_ref()) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn sweep(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// The first bytes of an image and its length: enough for every header we read.
+pub struct Header {
+    pub bytes: Vec<u8>,
+    pub len: u64,
+    /// A VMDK's embedded descriptor, when the header locates one.
+    pub descriptor: Option<Vec<u8>>,
+}
+
+const HEADER_BYTES: usize = 4096;
+const MAX_VMDK_DESCRIPTOR: u64 = 64 << 10;
+
+fn read_header(path: &Path) -> Result<Header> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut bytes = Vec::with_capacity(HEADER_BYTES);
+    (&mut file)
+        .take(HEADER_BYTES as u64)
+        .read_to_end(&mut bytes)?;
+    let mut descriptor = None;
+    if bytes.starts_with(b"KDMV") && bytes.len() >= 44 {
+        let offset = u64_le(&bytes, 28).saturating_mul(512);
+        let size = u64_le(&bytes, 36).saturating_mul(512);
+        if offset > 0 && size > 0 {
+            if size > MAX_VMDK_DESCRIPTOR || offset.saturating_add(size) > len {
+                return Err(ImageError::Corrupt(format!(
+                    "the VMDK descriptor at byte {offset} ({size} bytes) is outside the file or too large"
+                )));
+            }
+            let mut text = vec![0u8; size as usize];
+            file.seek(SeekFrom::Start(offset))?;
+            file.read_exact(&mut text)?;
+            descriptor = Some(text);
+        }
+    }
+    Ok(Header {
+        bytes,
+        len,
+        descriptor,
+    })
+}
+
+fn u32_be(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]))
+}
+
+fn u64_be(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
+fn u64_le(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
+/// Formats we recognise and do not store: refused by name rather than stored as raw.
+const FOREIGN: &[(&[u8], &str)] = &[
+    (b"vhdxfile", "VHDX"),
+    (b"conectix", "VHD"),
+    (b"QED\0", "QED"),
+    (b"LUKS\xba\xbe", "LUKS-encrypted"),
+    (b"<<< ", "VDI"),
+    (b"# Disk DescriptorFile", "descriptor-only VMDK"),
+];
+
+/// Decides the format from the header and refuses images that would make `qemu-img` open other
+/// files, or that claim more than `max` bytes of virtual size.
+pub fn check_header(header: &Header, max: u64) -> Result<Inspected> {
+    let b = &header.bytes;
+    if b.starts_with(b"QFI\xfb") {
+        if b.len() < 72 {
+            return Err(ImageError::Corrupt("the qcow2 header is truncated".into()));
+        }
+        let version = u32_be(b, 4);
+        if !(2..=3).contains(&version) {
+            return Err(ImageError::Unsupported(format!(
+                "qcow2 version {version} is not supported (2 and 3 are)"
+            )));
+        }
+        if u64_be(b, 8) != 0 {
+            return Err(ImageError::Unsupported(
+                "the qcow2 image names a backing file; Slipway never follows the backing files of images it is given — upload a self-contained image (qemu-img convert flattens it)".into(),
+            ));
+        }
+        if u32_be(b, 32) != 0 {
+            return Err(ImageError::Unsupported(
+                "the qcow2 image is encrypted".into(),
+            ));
+        }
+        let size = u64_be(b, 24);
+        if size > max {
+            return Err(ImageError::VirtualSizeTooLarge {
+                claimed: size,
+                limit: max,
+            });
+        }
+        if version == 3 {
+            if b.len() < 104 {
+                return Err(ImageError::Corrupt(
+                    "the qcow2 v3 header is truncated".into(),
+                ));
+            }
+            let incompatible = u64_be(b, 72);
+            if incompatible & 0b10 != 0 {
+                return Err(ImageError::Corrupt(
+                    "the qcow2 image is marked corrupt".into(),
+                ));
+            }
+            if incompatible & 0b100 != 0 {
+                return Err(ImageError::Unsupported(
+                    "the qcow2 image keeps its data in an external file; Slipway never opens files an image names".into(),
+                ));
+            }
+        }
+        return Ok(Inspected {
+            format: ImageFormat::Qcow2,
+            virtual_size: Some(size),
+        });
+    }
+    if b.starts_with(b"KDMV") {
+        if b.len() < 44 {
+            return Err(ImageError::Corrupt("the VMDK header is truncated".into()));
+        }
+        let size = u64_le(b, 12).saturating_mul(512);
+        if size > max {
+            return Err(ImageError::VirtualSizeTooLarge {
+                claimed: size,
+                limit: max,
+            });
+        }
+        if let Some(text) = &header.descriptor {
+            let text = String::from_utf8_lossy(text);
+            let parent = text.lines().any(|l| {
+                let l = l.trim();
+                l.starts_with("parentFileNameHint")
+                    || (l.starts_with("parentCID") && !l.contains("ffffffff"))
+            });
+            if parent {
+                return Err(ImageError::Unsupported(
+                    "the VMDK is a delta of a parent image; upload a self-contained image".into(),
+                ));
+            }
+            let create_type = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("createType="))
+                .map(|t| t.trim().trim_matches('"').to_owned());
+            match create_type.as_deref() {
+                None | Some("monolithicSparse" | "streamOptimized") => {}
+                Some(other) => {
+                    return Err(ImageError::Unsupported(format!(
+                        "VMDK type {other} spans several files; upload a monolithicSparse or streamOptimized VMDK"
+                    )));
+                }
+            }
+        }
+        return Ok(Inspected {
+            format: ImageFormat::Vmdk,
+            virtual_size: Some(size),
+        });
+    }
+    for (magic, name) in FOREIGN {
+        if b.starts_with(magic) {
+            return Err(ImageError::Unsupported(format!(
+                "{name} images are not supported: convert to qcow2, raw or a single-file VMDK"
+            )));
+        }
+    }
+    if header.len > max {
+        return Err(ImageError::VirtualSizeTooLarge {
+            claimed: header.len,
+            limit: max,
+        });
+    }
+    if header.len == 0 {
+        return Err(ImageError::Corrupt("the image is empty".into()));
+    }
+    Ok(Inspected {
+        format: ImageFormat::Raw,
+        virtual_size: Some(header.len),
+    })
+}
+
+struct QemuInfo {
+    virtual_size: u64,
+    backing: Option<String>,
+}
+
+fn qemu_missing(e: io::Error) -> ImageError {
+    ImageError::QemuImg {
+        action: "start",
+        message: format!("{e} (install Debian's qemu-utils)"),
+    }
+}
+
+fn qemu_failed(action: &'static str, output: &std::process::Output) -> ImageError {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let message = stderr.trim().trim_start_matches("qemu-img: ");
+    // Anything qemu-img cannot parse is, for us, a damaged image.
+    ImageError::Corrupt(format!("qemu-img {action}: {}", truncate(message, 500)))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+async fn qemu_img_info(path: &Path, format: ImageFormat) -> Result<QemuInfo> {
+    let mut command = tokio::process::Command::new("qemu-img");
+    command
+        .args(["info", "--output=json", "-f", format.as_str()])
+        .arg(path)
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .map_err(|_| ImageError::QemuImg {
+            action: "info",
+            message: "took more than 60 s".into(),
+        })?
+        .map_err(qemu_missing)?;
+    if !output.status.success() {
+        return Err(qemu_failed("info", &output));
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| ImageError::QemuImg {
+            action: "info",
+            message: format!("unreadable output: {e}"),
+        })?;
+    let virtual_size = info["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| ImageError::QemuImg {
+            action: "info",
+            message: "no virtual-size in its output".into(),
+        })?;
+    let backing = info["backing-filename"]
+        .as_str()
+        .or_else(|| info["full-backing-filename"].as_str())
+        .map(str::to_owned);
+    if info["format-specific"]["data"]["data-file"].is_string() {
+        return Err(ImageError::Unsupported(
+            "the image keeps its data in an external file".into(),
+        ));
+    }
+    Ok(QemuInfo {
+        virtual_size,
+        backing,
+    })
+}

@@ -1,0 +1,485 @@
+//! Durable jobs: every long operation is a row in the store with ordered steps, progress, events,
+//! and a result or the error of the step that failed.
+//!
+//! A job's work runs on a task tracked by the runner, at most `workers` at once. On a graceful
+//! shutdown the runner waits for the grace period, then cancels what still runs: each job's work
+//! stops at its next check and is *parked* (queued again, to resume at the next start) if its kind
+//! can resume, or failed, naming the step, if it cannot. After a crash, [`Jobs::recover`] does the
+//! same with whatever the store still calls queued or running, so no job stays "running" forever.
+//! Temporary files never outlive their job: they are `TempPath`s, dropped when the work ends, and
+//! the image store sweeps its `tmp/` at start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use slipway_core::resources::{Image, ImageKind, Job, JobError, JobState, Timestamp};
+use slipway_store::{NewJob, Store, StoreError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::EventBus;
+use crate::images::{ImageError, ImageStore, Received};
+
+pub const IMAGE_IMPORT: &str = "image.import";
+pub const IMAGE_UPLOAD: &str = "image.upload";
+pub const IMPORT_STEPS: &[&str] = &["copy", "inspect", "convert", "store"];
+pub const UPLOAD_STEPS: &[&str] = &["receive", "inspect", "convert", "store"];
+
+/// The input of an image import, as kept in the job's params (enough to start it again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportParams {
+    pub source: PathBuf,
+    pub name: String,
+    pub kind: ImageKind,
+}
+
+/// The input of an upload, as kept in the job's params (the bytes themselves are not).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadParams {
+    pub name: String,
+    pub kind: ImageKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// What a job does, with whatever it needs in memory.
+pub enum Work {
+    Import(ImportParams),
+    /// The steps after `receive`: the bytes already sit in a temporary file.
+    StoreUpload {
+        params: UploadParams,
+        received: Received,
+    },
+}
+
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    events: EventBus,
+    images: ImageStore,
+    workers: Semaphore,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// The running job's handle on its own row: step changes, progress counters sampled by a
+/// reporter, and the runner's cancellation.
+pub struct JobCtx {
+    id: String,
+    steps: Vec<String>,
+    step: usize,
+    store: Store,
+    events: EventBus,
+    pub done: Arc<AtomicU64>,
+    pub total: Arc<AtomicU64>,
+    pub cancel: CancellationToken,
+}
+
+/// A step's failure: the message, or a cancellation by shutdown.
+enum StepError {
+    Failed(String),
+    Cancelled,
+}
+
+impl From<ImageError> for StepError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::Cancelled => StepError::Cancelled,
+            other => StepError::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for StepError {
+    fn from(e: StoreError) -> Self {
+        StepError::Failed(error_chain(&e))
+    }
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl JobCtx {
+    async fn enter(&mut self, step: usize) -> Result<(), StepError> {
+        if self.cancel.is_cancelled() {
+            return Err(StepError::Cancelled);
+        }
+        self.step = step;
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(0, Ordering::Relaxed);
+        self.store.set_job_step(&self.id, step, None).await?;
+        self.events
+            .notify(
+                "job",
+                &self.id,
+                "step_started",
+                serde_json::json!({ "step": self.steps[step], "index": step }),
+            )
+            .await;
+        Ok(())
+    }
+}
+
+impl Jobs {
+    pub fn new(store: Store, events: EventBus, images: ImageStore, workers: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                events,
+                images,
+                workers: Semaphore::new(workers),
+                cancel: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        kind: &str,
+        params: serde_json::Value,
+        steps: &[&str],
+        owner: &str,
+    ) -> Result<Job, StoreError> {
+        let job = self
+            .inner
+            .store
+            .create_job(NewJob {
+                kind,
+                params,
+                steps,
+                owner,
+            })
+            .await?;
+        self.inner
+            .events
+            .notify(
+                "job",
+                &job.id,
+                "created",
+                serde_json::json!({ "kind": kind }),
+            )
+            .await;
+        Ok(job)
+    }
+
+    /// Marks a job running now: for work that starts inside a request (an upload's `receive`).
+    pub async fn start_now(&self, job: &Job) -> Result<(), StoreError> {
+        self.inner.store.start_job(&job.id).await?;
+        self.inner
+            .events
+            .notify(
+                "job",
+                &job.id,
+                "step_started",
+                serde_json::json!({ "step": job.steps[0], "index": 0 }),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Fails a job at `step` with `message`.
+    pub async fn fail(&self, id: &str, step: &str, message: String) -> Result<Job, StoreError> {
+        let job = self
+            .inner
+            .store
+            .finish_job(
+                id,
+                Err(JobError {
+                    step: step.to_owned(),
+                    message: message.clone(),
+                }),
+            )
+            .await?;
+        tracing::warn!(job = id, step, error = %message, "job failed");
+        self.inner
+            .events
+            .notify(
+                "job",
+                id,
+                "failed",
+                serde_json::json!({ "step": step, "message": message }),
+            )
+            .await;
+        Ok(job)
+    }
+
+    /// Runs `work` on a tracked task, from `first_step`.
+    pub fn spawn(&self, job: Job, first_step: usize, work: Work) {
+        let jobs = self.clone();
+        self.inner.tracker.spawn(async move {
+            let id = job.id.clone();
+            if let Err(e) = jobs.run(job, first_step, work).await {
+                tracing::error!(job = %id, error = %error_chain(&e), "job bookkeeping failed");
+            }
+        });
+    }
+
+    async fn run(&self, job: Job, first_step: usize, work: Work) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let _permit = tokio::select! {
+            permit = inner.workers.acquire() => permit.ok(),
+            () = inner.cancel.cancelled() => None,
+        };
+        if first_step == 0 {
+            if inner.cancel.is_cancelled() {
+                // Never started: it stays queued for the next start.
+                return Ok(());
+            }
+            inner.store.start_job(&job.id).await?;
+        }
+        let mut ctx = JobCtx {
+            id: job.id.clone(),
+            steps: job.steps.clone(),
+            step: first_step,
+            store: inner.store.clone(),
+            events: inner.events.clone(),
+            done: Arc::new(AtomicU64::new(0)),
+            total: Arc::new(AtomicU64::new(0)),
+            cancel: inner.cancel.clone(),
+        };
+        let reporter = self.report_progress(&ctx);
+        let resumable = job.kind == IMAGE_IMPORT;
+        let outcome = match work {
+            Work::Import(params) => self.import(&mut ctx, params).await,
+            Work::StoreUpload { params, received } => {
+                self.store_image(&mut ctx, params.name, params.kind, received)
+                    .await
+            }
+        };
+        reporter.cancel();
+        match outcome {
+            Ok(image) => {
+                let result = serde_json::to_value(&image).unwrap_or_default();
+                inner.store.finish_job(&job.id, Ok(result)).await?;
+                tracing::info!(job = %job.id, kind = %job.kind, image = %image.id, "job succeeded");
+                inner
+                    .events
+                    .notify(
+                        "job",
+                        &job.id,
+                        "succeeded",
+                        serde_json::json!({ "image": image.id }),
+                    )
+                    .await;
+            }
+            Err(StepError::Cancelled) if resumable => {
+                inner.store.park_job(&job.id).await?;
+                tracing::info!(job = %job.id, step = %ctx.steps[ctx.step], "job parked by shutdown; it resumes at the next start");
+                inner
+                    .events
+                    .notify(
+                        "job",
+                        &job.id,
+                        "parked",
+                        serde_json::json!({ "step": ctx.steps[ctx.step] }),
+                    )
+                    .await;
+            }
+            Err(StepError::Cancelled) => {
+                self.fail(
+                    &job.id,
+                    &ctx.steps[ctx.step],
+                    "the server shut down before the job finished; start it again".into(),
+                )
+                .await?;
+            }
+            Err(StepError::Failed(message)) => {
+                self.fail(&job.id, &ctx.steps[ctx.step], message).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the progress counters to the job's row and the event stream twice a second, while
+    /// they move.
+    fn report_progress(&self, ctx: &JobCtx) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let (done, total) = (ctx.done.clone(), ctx.total.clone());
+        let (store, events, id) = (ctx.store.clone(), ctx.events.clone(), ctx.id.clone());
+        let guard = stop.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    () = guard.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let now = done.load(Ordering::Relaxed);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                let total = Some(total.load(Ordering::Relaxed)).filter(|t| *t > 0);
+                if store.set_job_progress(&id, now, total).await.is_ok() {
+                    events
+                        .notify(
+                            "job",
+                            &id,
+                            "progress",
+                            serde_json::json!({ "done_bytes": now, "total_bytes": total }),
+                        )
+                        .await;
+                }
+            }
+        });
+        stop
+    }
+
+    async fn import(&self, ctx: &mut JobCtx, params: ImportParams) -> Result<Image, StepError> {
+        let images = &self.inner.images;
+        ctx.enter(0).await?;
+        let source = images.import_source(&params.source)?;
+        let received = images
+            .copy_in(
+                source,
+                ctx.done.clone(),
+                ctx.total.clone(),
+                ctx.cancel.clone(),
+            )
+            .await?;
+        self.store_image(ctx, params.name, params.kind, received)
+            .await
+    }
+
+    /// The steps every image shares once its bytes are in a temporary file: inspect, convert,
+    /// store.
+    async fn store_image(
+        &self,
+        ctx: &mut JobCtx,
+        name: String,
+        kind: ImageKind,
+        received: Received,
+    ) -> Result<Image, StepError> {
+        let images = &self.inner.images;
+        ctx.enter(1).await?;
+        let inspected = images.inspect(&received.path, kind).await?;
+        ctx.enter(2).await?;
+        let source_sha256 = received.sha256.clone();
+        let canonical = images
+            .canonicalize(received, inspected, ctx.cancel.clone())
+            .await?;
+        ctx.enter(3).await?;
+        let id = canonical.sha256.clone();
+        let stored_size = canonical.size;
+        let format = canonical.format;
+        let _guard = images.lock().await;
+        let committer = images.clone();
+        let allocated = tokio::task::spawn_blocking(move || committer.commit(canonical))
+            .await
+            .map_err(|e| StepError::Failed(e.to_string()))??;
+        let image = Image {
+            id: id.clone(),
+            name,
+            kind,
+            format,
+            source_format: inspected.format,
+            source_sha256: Some(source_sha256),
+            virtual_size: inspected.virtual_size,
+            stored_size,
+            allocated_size: allocated,
+            created_at: Timestamp::now(),
+        };
+        let (image, added) = self.inner.store.insert_image(&image).await?;
+        if added {
+            self.inner
+                .events
+                .notify(
+                    "image",
+                    &image.id,
+                    "created",
+                    serde_json::json!({ "name": image.name, "kind": image.kind }),
+                )
+                .await;
+        }
+        Ok(image)
+    }
+
+    /// Brings back the jobs a previous run left unfinished: imports start again from their first
+    /// step; the others are failed, naming the step they were in.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let unfinished = self.inner.store.unfinished_jobs().await?;
+        let count = unfinished.len();
+        for job in unfinished {
+            let step = job.steps.get(job.step).cloned().unwrap_or_default();
+            let params = (job.kind == IMAGE_IMPORT)
+                .then(|| serde_json::from_value::<ImportParams>(job.params.clone()).ok())
+                .flatten();
+            match params {
+                Some(params) => {
+                    tracing::info!(job = %job.id, step, attempt = job.attempts + 1, "resuming an import interrupted by a restart");
+                    self.inner
+                        .events
+                        .notify(
+                            "job",
+                            &job.id,
+                            "resumed",
+                            serde_json::json!({ "after_step": step }),
+                        )
+                        .await;
+                    self.spawn(job, 0, Work::Import(params));
+                }
+                None => {
+                    let message = if job.state == JobState::Running {
+                        "interrupted by a server restart; its partial results were removed — start it again"
+                    } else {
+                        "the server restarted before the job could start; start it again"
+                    };
+                    self.fail(&job.id, &step, message.to_owned()).await?;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Waits for a job to finish.
+    pub async fn wait(&self, id: &str) -> Result<Job, StoreError> {
+        let mut live = self.inner.events.subscribe();
+        loop {
+            let job = self.inner.store.job(id).await?;
+            if job.state.is_finished() {
+                return Ok(job);
+            }
+            // Any event (or a lag) is a cue to look again; a timeout guards against a missed one.
+            let _ = tokio::time::timeout(Duration::from_secs(1), live.recv()).await;
+        }
+    }
+
+    /// Stops accepting work, lets running jobs finish for up to `grace`, then cancels the rest
+    /// (each parks or fails at its next check) and waits for them to record it.
+    pub async fn shutdown(&self, grace: Duration) {
+        let tracker = &self.inner.tracker;
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::info!(
+                running = tracker.len(),
+                "grace period over: parking the jobs still running"
+            );
+            self.inner.cancel.cancel();
+            tracker.wait().await;
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}

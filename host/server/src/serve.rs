@@ -1,0 +1,273 @@
+//! Starting and stopping the server: the data directory, the store, the image store, the plugins,
+//! the job runner, and the HTTP listener, in that order; and a graceful shutdown in reverse.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use slipway_runtime::{Plugin, PluginPackage, Runtime, RuntimeConfig};
+use slipway_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, system::LoadedPlugin};
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::images::{ImageStore, Limits};
+use crate::jobs::Jobs;
+
+/// Everything a request handler can reach.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub images: ImageStore,
+    pub jobs: Jobs,
+    pub events: EventBus,
+    /// What was loaded, as the API lists it.
+    pub plugins: Vec<LoadedPlugin>,
+    /// The loaded plugins themselves, for the parts of the server that call them.
+    pub plugin_handles: Vec<Plugin>,
+    /// Fires when a shutdown begins: streams end, waits give up.
+    pub shutdown: CancellationToken,
+    /// A token created at first start, when the store had none: its secret is in `admin.token`.
+    pub first_admin_token: bool,
+}
+
+impl App {
+    /// Opens (or creates) everything under the data directory and brings back unfinished jobs.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<App>> {
+        let data = &config.data_dir;
+        create_private_dir(data)?;
+        let store = Store::open(&config.database())
+            .await
+            .with_context(|| format!("opening the database {}", config.database().display()))?;
+        let first_admin_token = ensure_admin_token(&store, &config.admin_token_file()).await?;
+        let images = ImageStore::open(
+            &data.join("images"),
+            Limits {
+                max_virtual_size: config.max_virtual_size,
+                max_image_size: config.max_image_size,
+                import_dirs: config.import_dirs.clone(),
+                import_rate: config.import_rate,
+            },
+        )
+        .with_context(|| format!("opening the image store in {}", data.display()))?;
+        let swept = images.sweep_unreferenced(&store.image_ids().await?)?;
+        if swept > 0 {
+            tracing::info!(
+                blobs = swept,
+                "removed image files no record names (a crash between storing and recording)"
+            );
+        }
+        let (plugins, plugin_handles) = load_plugins(&config).await?;
+        let events = EventBus::new(store.clone());
+        let jobs = Jobs::new(
+            store.clone(),
+            events.clone(),
+            images.clone(),
+            config.job_workers,
+        );
+        let app = Arc::new(App {
+            config,
+            store,
+            images,
+            jobs,
+            events,
+            plugins,
+            plugin_handles,
+            shutdown: CancellationToken::new(),
+            first_admin_token,
+        });
+        let recovered = app.jobs.recover().await?;
+        if recovered > 0 {
+            tracing::info!(
+                jobs = recovered,
+                "recovered jobs left unfinished by the last run"
+            );
+        }
+        Ok(app)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    // The data directory holds the database and the admin token: its owner's alone.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))?;
+    Ok(())
+}
+
+/// At first start there is no token at all: make an admin token and leave its secret in a file
+/// only the server's user can read. Returns whether one was made.
+async fn ensure_admin_token(store: &Store, file: &Path) -> anyhow::Result<bool> {
+    if !store.list_tokens().await?.is_empty() {
+        return Ok(false);
+    }
+    let (token, secret) = store
+        .create_token("admin", slipway_core::resources::Role::Admin)
+        .await?;
+    write_secret(file, &secret)?;
+    tracing::info!(token = %token.id, file = %file.display(), "created the first admin token");
+    Ok(true)
+}
+
+pub fn write_secret(file: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(file);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    writeln!(out, "{secret}")?;
+    Ok(())
+}
+
+async fn load_plugins(config: &Config) -> anyhow::Result<(Vec<LoadedPlugin>, Vec<Plugin>)> {
+    let dir = config.plugins.clone();
+    if !dir.is_dir() {
+        tracing::warn!(dir = %dir.display(), "no plugin directory; starting without plugins (scripts/run builds the first-party ones)");
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let cache = config.data_dir.join("cache/compiled-plugins");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache),
+            ..RuntimeConfig::default()
+        })?;
+        let mut listed = Vec::new();
+        let mut handles = Vec::new();
+        for (name, path) in slipway_runtime::package::discover(&dir)? {
+            let package = PluginPackage::read(&path)
+                .with_context(|| format!("reading plugin {name} from {}", path.display()))?;
+            let manifest = package.manifest.clone();
+            let plugin = runtime
+                .load(package.manifest, &package.component)
+                .with_context(|| format!("loading plugin {name}"))?;
+            tracing::info!(plugin = %manifest.name, version = %manifest.version, kind = ?manifest.kind, "plugin loaded");
+            listed.push(LoadedPlugin {
+                name: manifest.name,
+                version: manifest.version,
+                kind: manifest.kind.world().trim_end_matches("-plugin").to_owned(),
+                contract: manifest.contract,
+                description: manifest.description,
+            });
+            handles.push(plugin);
+        }
+        Ok((listed, handles))
+    })
+    .await?
+}
+
+/// A running server: where it listens, and the handle to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Opens the app and starts listening; returns once the socket is bound.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let listen = config.listen;
+        let app = App::open(config).await?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let router = api::router(app.clone());
+        let shutdown = app.shutdown.clone();
+        let grace = app.config.shutdown_grace;
+        let jobs = app.jobs.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            let serving = tokio::spawn(async move { serve.await });
+            shutdown.cancelled().await;
+            tracing::info!(
+                grace_s = grace.as_secs(),
+                "shutting down: finishing requests and jobs"
+            );
+            // Requests still open after the grace period (a slow upload) are cut; their jobs fail
+            // at `receive` and leave nothing behind.
+            let abort = serving.abort_handle();
+            let requests = tokio::time::timeout(grace, serving);
+            let (requests, ()) = tokio::join!(requests, jobs.shutdown(grace));
+            if requests.is_err() {
+                abort.abort();
+            }
+            Ok(())
+        });
+        Ok(Server { addr, app, task })
+    }
+
+    /// Begins a graceful shutdown and waits for it to end.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.app.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server has stopped (after its shutdown token fires).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let result = self.task.await.context("the server task panicked")?;
+        self.app.store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// `slipway serve`: runs until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    let app = server.app.clone();
+    let url = format!("http://{}", server.addr);
+    tracing::info!(url = %url, data_dir = %app.config.data_dir.display(), plugins = app.plugins.len(), "listening");
+    eprintln!("slipway {} listening on {url}", env!("CARGO_PKG_VERSION"));
+    eprintln!("  data directory: {}", app.config.data_dir.display());
+    eprintln!(
+        "  plugins: {}",
+        if app.plugins.is_empty() {
+            "none".to_owned()
+        } else {
+            app.plugins
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let token_file = app.config.admin_token_file();
+    if app.first_admin_token {
+        eprintln!("  admin token (created now): {}", token_file.display());
+    } else if token_file.exists() {
+        eprintln!("  admin token: {}", token_file.display());
+    }
+    eprintln!(
+        "  try: SLIPWAY_SERVER={url} SLIPWAY_TOKEN=$(cat {}) slipway image list",
+        token_file.display()
+    );
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        shutdown.cancel();
+    });
+    server.wait().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

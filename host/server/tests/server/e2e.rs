@@ -1,0 +1,316 @@
+//! A real `slipway serve` on a loopback port, driven through the `slipway` command line and raw
+//! TCP: the walkthrough of the README, crashes, graceful shutdowns, a full disk.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{ServerProcess, eventually, files_in, noise, ok, raw_disk, stderr};
+
+fn json_out(out: &std::process::Output) -> Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+#[test]
+fn the_cli_registers_a_model_vm_from_an_uploaded_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let admin = server.admin_token();
+
+    // An operator token, made by the admin through the API.
+    let created = json_out(&server.cli(
+        &admin,
+        &[
+            "token", "create", "--name", "ops", "--role", "operator", "--json",
+        ],
+    ));
+    let operator = created["secret"].as_str().unwrap().to_owned();
+
+    let raw = raw_disk(dir.path(), "debian-12.raw", 16, 11);
+    let image = json_out(&server.cli(
+        &operator,
+        &["image", "upload", raw.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(image["state"], "succeeded", "{image}");
+    let image_id = image["result"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(image["result"]["name"], "debian-12");
+
+    let table = ok(&server.cli(&operator, &["image", "list"]));
+    assert!(
+        table.contains("qcow2 (from raw)") && table.contains("16.00 MiB"),
+        "{table}"
+    );
+
+    let app = dir.path().join("nginx.json");
+    std::fs::write(
+        &app,
+        json!({"name": "nginx", "version": "1.22", "recipes": [
+            {"os_family": "linux", "method": {"kind": "packages", "manager": "apt", "packages": ["nginx"]}}]})
+        .to_string(),
+    )
+    .unwrap();
+    ok(&server.cli(&operator, &["app", "create", app.to_str().unwrap()]));
+    let model = dir.path().join("model.json");
+    std::fs::write(
+        &model,
+        json!({
+            "name": "debian-12-web",
+            "hardware": {"vcpus": 2, "memory_mib": 2048,
+                "disks": [{"size_mib": 20480, "bus": "virtio", "image": image_id}],
+                "nics": [{"model": "virtio"}], "firmware": "bios", "arch": "x86_64", "machine_type": "q35"},
+            "os": {"family": "linux", "distro": "debian", "version": "12", "arch": "x86_64"},
+            "applications": [{"name": "nginx", "version": "1.22"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let table = ok(&server.cli(&operator, &["model", "create", model.to_str().unwrap()]));
+    assert!(
+        table.contains("debian-12-web") && table.contains("linux debian 12"),
+        "{table}"
+    );
+    let listed = json_out(&server.cli(
+        &operator,
+        &["model", "list", "--filter", "os_distro=debian", "--json"],
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // The image is in use: the CLI says so and exits non-zero.
+    let out = server.cli(&operator, &["image", "delete", &image_id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("409 In use") && stderr(&out).contains("model VM debian-12-web"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A requester cannot touch the catalog; the CLI shows the 403.
+    let requester = json_out(&server.cli(
+        &admin,
+        &[
+            "token",
+            "create",
+            "--name",
+            "alice",
+            "--role",
+            "requester",
+            "--json",
+        ],
+    ))["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = server.cli(&requester, &["model", "list"]);
+    assert!(stderr(&out).contains("403 Not allowed"), "{}", stderr(&out));
+
+    let jobs = json_out(&server.cli(&operator, &["job", "list", "--json"]));
+    assert_eq!(jobs[0]["kind"], "image.upload");
+    assert_eq!(jobs[0]["state"], "succeeded");
+    let followed = ok(&server.cli(
+        &operator,
+        &["job", "follow", jobs[0]["id"].as_str().unwrap()],
+    ));
+    assert!(followed.contains("succeeded"), "{followed}");
+}
+
+/// Sends `len` declared bytes but only `sent`, then closes the connection.
+fn truncated_upload(url: &str, token: &str, len: usize, sent: usize) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/images?name=cut HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(&noise(sent, 1)).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn a_connection_cut_mid_upload_fails_its_job_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &[]);
+    let token = server.admin_token();
+    truncated_upload(&server.url, &token, 8 << 20, 1 << 20);
+    let failed = eventually(Duration::from_secs(20), || {
+        let jobs = json_out(&server.cli(&token, &["job", "list", "--json"]));
+        (jobs[0]["state"] == "failed").then(|| jobs[0].clone())
+    });
+    assert_eq!(failed["error"]["step"], "receive");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("before the 8388608 it declared"),
+        "{failed}"
+    );
+    assert!(files_in(&data.join("images/tmp")).is_empty());
+    assert!(files_in(&data.join("images/blobs/sha256")).is_empty());
+}
+
+/// A job as the stopped server's database has it.
+fn job_state(data: &Path, id: &str) -> (String, u32) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = slipway_store::Store::open(&data.join("slipway.db"))
+            .await
+            .unwrap();
+        let job = store.job(id).await.unwrap();
+        store.close().await;
+        (job.state.as_str().to_owned(), job.attempts)
+    })
+}
+
+/// Starts a throttled import of `mib` MiB and returns (server, job id) once bytes are moving.
+fn slow_import(data: &Path, import: &Path, extra: &[&str], mib: usize) -> (ServerProcess, String) {
+    std::fs::write(import.join("big.raw"), noise(mib << 20, 3)).unwrap();
+    let mut args = vec![
+        "--import-dir",
+        import.to_str().unwrap(),
+        "--import-rate",
+        "8388608",
+    ];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(data, &args);
+    let token = server.admin_token();
+    let job = json_out(&server.cli(
+        &token,
+        &[
+            "image",
+            "import",
+            import.join("big.raw").to_str().unwrap(),
+            "--no-wait",
+            "--json",
+        ],
+    ));
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(20), || {
+        let job = json_out(&server.cli(&token, &["job", "show", &id]));
+        (job["state"] == "running" && job["done_bytes"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    (server, id)
+}
+
+#[test]
+fn an_import_killed_by_a_crash_resumes_at_restart_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, import) = (dir.path().join("data"), dir.path().join("import"));
+    std::fs::create_dir_all(&import).unwrap();
+    let (mut server, id) = slow_import(&data, &import, &[], 24);
+    server.kill();
+    // The crash left the job running and a partial copy behind.
+    assert_eq!(job_state(&data, &id), ("running".to_owned(), 1));
+    assert_eq!(files_in(&data.join("images/tmp")).len(), 1);
+
+    let server = ServerProcess::start(&data, &["--import-dir", import.to_str().unwrap()]);
+    let token = server.admin_token();
+    let job = json_out(&server.cli(&token, &["job", "follow", &id, "--json"]));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "resumed, not started twice over");
+    assert!(files_in(&data.join("images/tmp")).is_empty());
+    let images = json_out(&server.cli(&token, &["image", "list", "--json"]));
+    assert_eq!(images.as_array().unwrap().len(), 1);
+    assert_eq!(images[0]["virtual_size"], 24 << 20);
+    assert!(
+        server
+            .log_text()
+            .contains("resuming an import interrupted by a restart")
+    );
+}
+
+#[test]
+fn a_graceful_shutdown_parks_a_running_import_which_resumes_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, import) = (dir.path().join("data"), dir.path().join("import"));
+    std::fs::create_dir_all(&import).unwrap();
+    let (mut server, id) = slow_import(&data, &import, &["--shutdown-grace", "1"], 40);
+    let status = server.terminate();
+    assert!(status.success(), "{}", server.log_text());
+    assert!(
+        server.log_text().contains("job parked by shutdown"),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(job_state(&data, &id).0, "queued");
+    assert!(
+        files_in(&data.join("images/tmp")).is_empty(),
+        "parking removes the partial copy"
+    );
+
+    let server = ServerProcess::start(&data, &["--import-dir", import.to_str().unwrap()]);
+    let job = json_out(&server.cli(&server.admin_token(), &["job", "follow", &id, "--json"]));
+    assert_eq!(job["state"], "succeeded", "{job}");
+}
+
+/// A data directory on a 24 MiB ext4, loop-mounted (needs root, as CI has).
+struct SmallDisk {
+    mount: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(file: &Path) -> Self {
+        let mount = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(file).unwrap();
+        f.set_len(24 << 20).unwrap();
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            mkfs.status.success(),
+            "{}",
+            String::from_utf8_lossy(&mkfs.stderr)
+        );
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(file)
+            .arg(mount.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "loop-mounting a small ext4 needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { mount }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_upload_is_507_and_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::new(&dir.path().join("small.ext4"));
+    let data = disk.mount.path().join("data");
+    {
+        let server = ServerProcess::start(&data, &[]);
+        let token = server.admin_token();
+        let big = raw_disk(dir.path(), "big.raw", 40, 4);
+        let out = server.cli(&token, &["image", "upload", big.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr(&out).contains("507 The image store is full"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(files_in(&data.join("images/tmp")).is_empty());
+        // The server still works, and a small image still fits.
+        let small = raw_disk(dir.path(), "small.raw", 1, 5);
+        ok(&server.cli(&token, &["image", "upload", small.to_str().unwrap()]));
+    }
+}

@@ -1,0 +1,7 @@
+//! The server's tests, in one binary: the API through its router, a real server through the
+//! command line, and `slipway place`.
+
+mod api;
+mod e2e;
+mod place;
+mod support;
