@@ -740,7 +740,7 @@ async fn hostile_images_are_refused_and_leave_nothing_behind() {
     );
 
     // A VMDK that is only a descriptor naming other files.
-    let descriptor = format!(
+    let descriptor = String::from(
         "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/shadow\" 0\n"
     );
     refused(
@@ -927,7 +927,7 @@ async fn job_event_streams_replay_from_the_log_and_end_with_the_job() {
     let last_id: i64 = text
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
-        .last()
+        .next_back()
         .unwrap()
         .parse()
         .unwrap();

@@ -229,6 +229,8 @@ impl ServerProcess {
                 .as_nanos()
         ));
         let out = std::fs::File::create(&log).unwrap();
+        // Waited for by `kill` (on drop) or `terminate`.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new(slipway_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
