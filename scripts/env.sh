@@ -13,3 +13,18 @@ if ! rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep 
   rustup toolchain install "$toolchain" --profile minimal \
     --component rustfmt --component clippy --target wasm32-wasip2 >&2
 fi
+
+# Debian packages the server and its tests run: qemu-img (qemu-utils) reads and converts images;
+# mkfs.ext4 (e2fsprogs) builds the small file system a disk-full test mounts.
+need_packages() {
+  local missing=()
+  command -v qemu-img >/dev/null || missing+=(qemu-utils)
+  command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "installing ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
+}
+need_packages

@@ -63,8 +63,17 @@ struct Server {
 }
 
 fn start_server(data: &Path, log: &Path) -> Server {
+    // Killed and waited for at the end of main.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--data-dir",
+        ])
         .arg(data)
         .env("SLIPWAY_CONFIG", "/dev/null")
         .stderr(std::fs::File::create(log).unwrap())
@@ -203,11 +212,19 @@ fn main() {
     sampler.join().unwrap();
 
     let mibps = |s: f64| bytes / s / (1 << 20) as f64;
-    let (cp, cp_sync, received, stored) =
-        (median(cp), median(cp_sync), median(received), median(stored));
+    let (cp, cp_sync, received, stored) = (
+        median(cp),
+        median(cp_sync),
+        median(received),
+        median(stored),
+    );
     println!("upload of a {mib} MiB qcow2 over loopback (median of 3)");
     println!("  cp                 {:7.3} s  {:7.0} MiB/s", cp, mibps(cp));
-    println!("  cp + sync          {:7.3} s  {:7.0} MiB/s", cp_sync, mibps(cp_sync));
+    println!(
+        "  cp + sync          {:7.3} s  {:7.0} MiB/s",
+        cp_sync,
+        mibps(cp_sync)
+    );
     println!(
         "  upload, received   {:7.3} s  {:7.0} MiB/s  {:.2}x cp, {:.2}x cp+sync",
         received,

@@ -138,12 +138,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     };
     // SAFETY: the descriptor is open for the duration of the call; the call reads no memory.
     unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset,
-            len,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

@@ -245,8 +245,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     } else if token_file.exists() {
         eprintln!("  admin token: {}", token_file.display());
     }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "slipway".to_owned());
     eprintln!(
-        "  try: SLIPWAY_SERVER={url} SLIPWAY_TOKEN=$(cat {}) slipway image list",
+        "  try: SLIPWAY_SERVER={url} SLIPWAY_TOKEN=$(cat {}) {exe} image list",
         token_file.display()
     );
     let shutdown = app.shutdown.clone();

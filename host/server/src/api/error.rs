@@ -55,6 +55,8 @@ pub enum ApiError {
     },
     #[error("{0}")]
     BadRequest(String),
+    #[error("this endpoint does not take that method")]
+    MethodNotAllowed,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -116,6 +118,11 @@ impl ApiError {
                 "The body is not valid",
             ),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",

@@ -137,6 +137,7 @@ pub fn router(app: AppState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(app.clone(), timeout))
         .with_state(app)
 }

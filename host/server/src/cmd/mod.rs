@@ -39,7 +39,7 @@ enum TokenCommand {
         #[arg(long)]
         local: bool,
         /// The data directory, with --local [default: as `slipway serve`'s].
-        #[arg(long, env = "SLIPWAY_DATA_DIR", requires = "local")]
+        #[arg(long, env = "SLIPWAY_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
     /// List tokens (never their secrets).
@@ -145,6 +145,9 @@ enum ImageCommand {
         /// Return once the bytes are sent, without following the job.
         #[arg(long)]
         no_wait: bool,
+        /// Print only the stored image's id.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Import an image from a path on the server's machine (inside its import directories).
     Import {
@@ -155,6 +158,9 @@ enum ImageCommand {
         kind: String,
         #[arg(long)]
         no_wait: bool,
+        /// Print only the stored image's id.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// List images.
     List {
@@ -173,13 +179,16 @@ fn default_name(path: &std::path::Path) -> String {
         .unwrap_or_else(|| "image".into())
 }
 
-async fn finish_job(client: &Client, job: Job, no_wait: bool) -> anyhow::Result<()> {
+async fn finish_job(client: &Client, job: Job, no_wait: bool, quiet: bool) -> anyhow::Result<()> {
     let job = if no_wait {
         job
     } else {
         client.follow(&job.id).await?
     };
-    if client.json {
+    if quiet {
+        let id = job.result.as_ref().and_then(|r| r["id"].as_str());
+        println!("{}", id.unwrap_or(&job.id));
+    } else if client.json {
         print_json(&job)?;
     } else if let Some(result) = &job.result {
         if let Ok(image) = serde_json::from_value::<Image>(result.clone()) {
@@ -202,18 +211,20 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<()> {
             kind,
             sha256,
             no_wait,
+            quiet,
         } => {
             let name = name.unwrap_or_else(|| default_name(&file));
             let job = client
                 .upload(&file, &name, &kind, sha256.as_deref())
                 .await?;
-            finish_job(&client, job, no_wait).await
+            finish_job(&client, job, no_wait, quiet).await
         }
         ImageCommand::Import {
             path,
             name,
             kind,
             no_wait,
+            quiet,
         } => {
             // The server resolves the path on its machine; make a relative one mean what the user
             // sees from here.
@@ -224,7 +235,7 @@ pub async fn image(args: ImageArgs) -> anyhow::Result<()> {
                     &serde_json::json!({ "path": path, "name": name, "kind": kind }),
                 )
                 .await?;
-            finish_job(&client, job, no_wait).await
+            finish_job(&client, job, no_wait, quiet).await
         }
         ImageCommand::List { kind } => {
             let path = match kind {

@@ -273,6 +273,15 @@ async fn bodies_with_bad_json_get_the_field_path() {
     assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(too_large.problem(), "payload-too-large");
 
+    let wrong_method = t
+        .call(Method::PATCH, "/v1/model-vms", Some(&t.operator), None)
+        .await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.problem(), "method-not-allowed");
+    let nowhere = t.get("/v2/anything").await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert_eq!(nowhere.problem(), "not-found");
+
     let query = t.get("/v1/model-vms?colour=blue").await;
     assert_eq!(query.status, StatusCode::BAD_REQUEST);
     assert!(query.body["detail"].as_str().unwrap().contains("colour"));
@@ -741,7 +750,7 @@ async fn hostile_images_are_refused_and_leave_nothing_behind() {
 
     // A VMDK that is only a descriptor naming other files.
     let descriptor = String::from(
-        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/shadow\" 0\n"
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/shadow\" 0\n",
     );
     refused(
         &t,
@@ -996,4 +1005,99 @@ async fn an_upload_job_interrupted_by_a_crash_fails_on_restart_naming_its_step()
         t.tmp_files().is_empty(),
         "the sweep at start removes leftovers"
     );
+}
+
+#[tokio::test]
+async fn the_first_party_plugins_are_loaded_at_start_and_listed_for_admins() {
+    use slipway_test_artifacts as artifacts;
+    let plugins = tempfile::tempdir().unwrap();
+    for guest in [
+        artifacts::CAPACITY_FILTER,
+        artifacts::LABEL_FILTER,
+        artifacts::BINPACK_SCORE,
+        artifacts::SPREAD_SCORE,
+    ] {
+        let name = std::path::Path::new(guest.dir).file_name().unwrap();
+        std::os::unix::fs::symlink(guest.dir, plugins.path().join(name)).unwrap();
+    }
+    let dir = plugins.path().to_owned();
+    let t = TestApp::with(move |c| c.plugins = dir).await;
+    let reply = t
+        .call(Method::GET, "/v1/plugins", Some(&t.admin), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut names: Vec<&str> = reply
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["kind"], "placement");
+            assert_eq!(p["contract"], "0.1.0");
+            p["name"].as_str().unwrap()
+        })
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "binpack-score",
+            "capacity-filter",
+            "label-filter",
+            "spread-score"
+        ]
+    );
+    assert_eq!(t.app.plugin_handles.len(), 4);
+}
+
+#[tokio::test]
+async fn a_plugin_that_cannot_load_stops_the_start_with_its_name() {
+    use slipway_test_artifacts as artifacts;
+    let plugins = tempfile::tempdir().unwrap();
+    let name = std::path::Path::new(artifacts::TEST_PLUGIN_FUTURE_CONTRACT.dir)
+        .file_name()
+        .unwrap();
+    std::os::unix::fs::symlink(
+        artifacts::TEST_PLUGIN_FUTURE_CONTRACT.dir,
+        plugins.path().join(name),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = slipway_server::config::Config::with_data_dir(&dir.path().join("data"));
+    config.plugins = plugins.path().to_owned();
+    let error = match slipway_server::App::open(config).await {
+        Ok(_) => panic!("a plugin for another contract must not load"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("loading plugin"), "{error}");
+    assert!(error.contains("0.2.0"), "{error}");
+}
+
+#[tokio::test]
+async fn the_event_stream_carries_catalog_changes_live() {
+    use http_body_util::BodyExt;
+    let t = TestApp::new().await;
+    let request = Request::get("/v1/events?after=0")
+        .header(header::AUTHORIZATION, format!("Bearer {}", t.operator))
+        .body(Body::empty())
+        .unwrap();
+    let response = t.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // A change made after the stream opened arrives on it.
+    let created = t.post("/v1/applications", application("redis", "7")).await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                seen.push_str(&String::from_utf8_lossy(&data));
+                if seen.contains("event: application.created") && seen.contains(&id) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no application.created event in {seen:?}");
 }

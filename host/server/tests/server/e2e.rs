@@ -314,3 +314,106 @@ fn a_full_disk_during_upload_is_507_and_leaves_no_partial_file() {
         ok(&server.cli(&token, &["image", "upload", small.to_str().unwrap()]));
     }
 }
+
+#[test]
+fn serve_help_documents_every_option_with_its_variable() {
+    let out = Command::new(crate::support::slipway_bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = ok(&out);
+    for (flag, env) in [
+        ("--config", "SLIPWAY_CONFIG"),
+        ("--data-dir", "SLIPWAY_DATA_DIR"),
+        ("--listen", "SLIPWAY_LISTEN"),
+        ("--plugins", "SLIPWAY_PLUGINS"),
+        ("--log", "SLIPWAY_LOG"),
+        ("--log-format", "SLIPWAY_LOG_FORMAT"),
+        ("--max-virtual-size", "SLIPWAY_MAX_VIRTUAL_SIZE"),
+        ("--max-image-size", "SLIPWAY_MAX_IMAGE_SIZE"),
+        ("--import-dir", "SLIPWAY_IMPORT_DIRS"),
+        ("--import-rate", "SLIPWAY_IMPORT_RATE"),
+        ("--job-workers", "SLIPWAY_JOB_WORKERS"),
+        ("--shutdown-grace", "SLIPWAY_SHUTDOWN_GRACE"),
+        ("--request-timeout", "SLIPWAY_REQUEST_TIMEOUT"),
+        ("--upload-idle-timeout", "SLIPWAY_UPLOAD_IDLE_TIMEOUT"),
+        ("--max-json-body", "SLIPWAY_MAX_JSON_BODY"),
+    ] {
+        assert!(help.contains(flag), "{flag} undocumented");
+        assert!(
+            help.contains(&format!("[env: {env}=")),
+            "{env} undocumented"
+        );
+    }
+    // Every option has a sentence, not just a name.
+    assert_eq!(help.matches("[env: SLIPWAY_").count(), 15, "{help}");
+}
+
+#[test]
+fn the_config_file_sets_options_and_the_environment_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (from_file, from_env) = (dir.path().join("file-dir"), dir.path().join("env-dir"));
+    for d in [&data, &from_file, &from_env] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(
+        data.join("slipway.toml"),
+        format!(
+            "log_format = \"json\"\n[images]\nimport_dirs = [\"{}\"]\nmax_virtual_size = 1048576\n",
+            from_file.display()
+        ),
+    )
+    .unwrap();
+    let a = raw_disk(&from_file, "a.raw", 2, 1);
+    let b = raw_disk(&from_env, "b.raw", 1, 2);
+
+    // The file alone: its import directory, its 1 MiB virtual-size limit, JSON logs.
+    let server = start_with_env(&data, &[]);
+    let token = server.admin_token();
+    let out = server.cli(&token, &["image", "import", a.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("more than the limit of 1048576 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        server
+            .log_text()
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("\"listening\""))
+    );
+    drop(server);
+
+    // The environment wins over the file.
+    let server = start_with_env(
+        &data,
+        &[("SLIPWAY_IMPORT_DIRS", from_env.to_str().unwrap())],
+    );
+    let out = server.cli(&token, &["image", "import", a.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("not inside an import directory"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&server.cli(&token, &["image", "import", b.to_str().unwrap()]));
+    drop(server);
+
+    // A misspelt key stops the server with the key named.
+    std::fs::write(data.join("slipway.toml"), "[images]\nimport_dir = []\n").unwrap();
+    let out = Command::new(crate::support::slipway_bin())
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown field `import_dir`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn start_with_env(data: &Path, env: &[(&str, &str)]) -> ServerProcess {
+    ServerProcess::start_with(data, &[], env)
+}

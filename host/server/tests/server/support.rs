@@ -221,6 +221,12 @@ pub fn slipway_bin() -> &'static str {
 
 impl ServerProcess {
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with(data, extra, &[("SLIPWAY_CONFIG", "/dev/null")])
+    }
+
+    /// Starts with extra environment; without `SLIPWAY_CONFIG` the data directory's
+    /// `slipway.toml` is read.
+    pub fn start_with(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = data.with_extension(format!(
             "log.{}",
             std::time::SystemTime::now()
@@ -235,8 +241,10 @@ impl ServerProcess {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)
-            .env("SLIPWAY_CONFIG", "/dev/null")
+            .env_remove("SLIPWAY_CONFIG")
             .env_remove("SLIPWAY_PLUGINS")
+            .env_remove("SLIPWAY_IMPORT_DIRS")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
