@@ -96,6 +96,18 @@ fn start_server(data: &Path, log: &Path) -> Server {
     }
 }
 
+async fn get(client: &reqwest::Client, server: &Server, path: &str) -> serde_json::Value {
+    client
+        .get(format!("{}{path}", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Uploads and returns (seconds until the bytes were received, seconds until stored).
 async fn upload(client: &reqwest::Client, server: &Server, file: &Path, n: usize) -> (f64, f64) {
     let started = Instant::now();
@@ -116,15 +128,7 @@ async fn upload(client: &reqwest::Client, server: &Server, file: &Path, n: usize
     let job: serde_json::Value = response.json().await.unwrap();
     let id = job["id"].as_str().unwrap();
     loop {
-        let job: serde_json::Value = client
-            .get(format!("{}/v1/jobs/{id}", server.url))
-            .bearer_auth(&server.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job = get(client, server, &format!("/v1/jobs/{id}")).await;
         match job["state"].as_str() {
             Some("succeeded") => break,
             Some("failed") => panic!("upload failed: {job}"),
@@ -188,15 +192,7 @@ fn main() {
         stored.push(s);
         // Each run stores the same bytes; delete the image so the next one stores them again.
         let id = runtime.block_on(async {
-            let page: serde_json::Value = client
-                .get(format!("{}/v1/images", server.url))
-                .bearer_auth(&server.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page = get(&client, &server, "/v1/images").await;
             page["items"][0]["id"].as_str().unwrap().to_owned()
         });
         runtime.block_on(async {

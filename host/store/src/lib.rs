@@ -29,23 +29,6 @@ macro_rules! job_columns {
     };
 }
 
-fn json<T: Serialize>(value: &T) -> String {
-    // Serialising our own types to a string cannot fail: no maps with non-string keys, no I/O.
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn check_revision(kind: &'static str, id: &str, expected: Option<u64>, actual: u64) -> Result<()> {
-    match expected {
-        Some(expected) if expected != actual => Err(StoreError::StaleRevision {
-            kind,
-            id: id.to_owned(),
-            expected,
-            actual,
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// What the store refuses, or what went wrong underneath it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -243,13 +226,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(r) => token_from_row(&r),
-            None => Err(StoreError::NotFound {
-                kind: "token",
-                id: id.to_owned(),
-            }),
-        }
+        found(row, "token", id, token_from_row)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -286,13 +263,7 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        match row {
-            Some(r) => image_from_row(&r),
-            None => Err(StoreError::NotFound {
-                kind: "image",
-                id: id.to_owned(),
-            }),
-        }
+        found(row, "image", id, image_from_row)
     }
 
     pub async fn list_images(
@@ -355,15 +326,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| in_use_on_fk(e, "image", id))?;
-        let image = match row {
-            Some(r) => image_from_row(&r)?,
-            None => {
-                return Err(StoreError::NotFound {
-                    kind: "image",
-                    id: id.to_owned(),
-                });
-            }
-        };
+        let image = found(row, "image", id, image_from_row)?;
         tx.commit().await?;
         Ok(image)
     }
@@ -408,13 +371,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(r) => application_from_row(&r),
-            None => Err(StoreError::NotFound {
-                kind: "application",
-                id: id.to_owned(),
-            }),
-        }
+        found(row, "application", id, application_from_row)
     }
 
     pub async fn list_applications(
@@ -451,10 +408,7 @@ impl Store {
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "application",
-                id: id.to_owned(),
-            })?;
+            .ok_or_else(|| not_found("application", id))?;
         let revision = to_u64(current.get::<i64, _>(0));
         check_revision("application", id, expected, revision)?;
         let (name, version): (String, String) = (current.get(1), current.get(2));
@@ -512,15 +466,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| in_use_on_fk(e, "application", id))?;
-        let app = match row {
-            Some(r) => application_from_row(&r)?,
-            None => {
-                return Err(StoreError::NotFound {
-                    kind: "application",
-                    id: id.to_owned(),
-                });
-            }
-        };
+        let app = found(row, "application", id, application_from_row)?;
         tx.commit().await?;
         Ok(app)
     }
@@ -568,13 +514,7 @@ impl Store {
         .bind(id_or_name)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(r) => model_from_row(&r),
-            None => Err(StoreError::NotFound {
-                kind: "model VM",
-                id: id_or_name.to_owned(),
-            }),
-        }
+        found(row, "model VM", id_or_name, model_from_row)
     }
 
     pub async fn list_model_vms(
@@ -620,10 +560,7 @@ impl Store {
             .bind(id_or_name)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "model VM",
-                id: id_or_name.to_owned(),
-            })?;
+            .ok_or_else(|| not_found("model VM", id_or_name))?;
         let id: String = current.get(0);
         check_revision("model VM", &id, expected, to_u64(current.get::<i64, _>(1)))?;
         let app_ids = check_model_refs(&mut tx, spec).await?;
@@ -666,13 +603,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| in_use_on_fk(e, "model VM", id_or_name))?;
-        match row {
-            Some(r) => model_from_row(&r),
-            None => Err(StoreError::NotFound {
-                kind: "model VM",
-                id: id_or_name.to_owned(),
-            }),
-        }
+        found(row, "model VM", id_or_name, model_from_row)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -707,13 +638,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(r) => job_from_row(&r),
-            None => Err(StoreError::NotFound {
-                kind: "job",
-                id: id.to_owned(),
-            }),
-        }
+        found(row, "job", id, job_from_row)
     }
 
     pub async fn list_jobs(
@@ -904,6 +829,43 @@ impl Store {
 const IMAGE_COLUMNS_WHERE_ID: &str =
     "SELECT id, name, kind, format, source_format, source_sha256, virtual_size, stored_size,
         allocated_size, created_at FROM images WHERE id = $1";
+
+fn json<T: Serialize>(value: &T) -> String {
+    // Serialising our own types to a string cannot fail: no maps with non-string keys, no I/O.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn not_found(kind: &'static str, id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+/// The record a query found, or `NotFound` naming what was looked for.
+fn found<T>(
+    row: Option<sqlx::sqlite::SqliteRow>,
+    kind: &'static str,
+    id: &str,
+    read: fn(&sqlx::sqlite::SqliteRow) -> Result<T>,
+) -> Result<T> {
+    match row {
+        Some(row) => read(&row),
+        None => Err(not_found(kind, id)),
+    }
+}
+
+fn check_revision(kind: &'static str, id: &str, expected: Option<u64>, actual: u64) -> Result<()> {
+    match expected {
+        Some(expected) if expected != actual => Err(StoreError::StaleRevision {
+            kind,
+            id: id.to_owned(),
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
