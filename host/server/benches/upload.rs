@@ -24,6 +24,40 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User plus system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Seconds to sha256 a file in one thread: the floor of any upload that verifies its bytes.
+fn sha256_seconds(path: &Path) -> f64 {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hasher = sha2::Sha256::new();
+    let started = Instant::now();
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let _ = hasher.finalize();
+    started.elapsed().as_secs_f64()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -179,6 +213,7 @@ fn main() {
     let client = reqwest::Client::new();
     let copy = dir.path().join("copy");
     let (mut cp, mut cp_sync, mut received, mut stored) = (vec![], vec![], vec![], vec![]);
+    let mut server_cpu = vec![];
     for n in 0..3 {
         cp.push(timed(Command::new("cp").arg(&source).arg(&copy)));
         std::fs::remove_file(&copy).unwrap();
@@ -187,7 +222,9 @@ fn main() {
                 + timed(Command::new("sync").arg(&copy)),
         );
         std::fs::remove_file(&copy).unwrap();
+        let before = cpu_seconds(pid);
         let (r, s) = runtime.block_on(upload(&client, &server, &source, n));
+        server_cpu.push(cpu_seconds(pid) - before);
         received.push(r);
         stored.push(s);
         // Each run stores the same bytes; delete the image so the next one stores them again.
@@ -234,6 +271,11 @@ fn main() {
         mibps(stored),
         cp / stored,
         cp_sync / stored
+    );
+    println!(
+        "  server CPU per upload {:.2} s; sha256 alone in one thread {:.2} s",
+        median(server_cpu),
+        sha256_seconds(&source)
     );
     println!(
         "  server memory: {} MiB idle, {} MiB peak while receiving {mib} MiB three times",

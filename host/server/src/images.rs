@@ -231,6 +231,7 @@ impl ImageStore {
             hex::encode(hasher.finalize())
         });
         let mut received = 0u64;
+        let mut chunks = 0u64;
         let outcome: Result<()> = async {
             loop {
                 let next = tokio::time::timeout(idle, body.next())
@@ -250,6 +251,7 @@ impl ImageStore {
                     }
                 };
                 received += chunk.len() as u64;
+                chunks += 1;
                 if received > limit {
                     return Err(ImageError::TooLarge { limit });
                 }
@@ -275,6 +277,7 @@ impl ImageStore {
         {
             return Err(ImageError::Truncated { received, expected });
         }
+        tracing::debug!(bytes = received, chunks, "upload body received");
         // The blob must be on disk before a record says it exists.
         tokio::task::spawn_blocking(move || file.sync_all())
             .await

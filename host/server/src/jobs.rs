@@ -256,7 +256,7 @@ impl Jobs {
             total: Arc::new(AtomicU64::new(0)),
             cancel: inner.cancel.clone(),
         };
-        let reporter = self.report_progress(&ctx);
+        let reporter = self.report_progress(&ctx.id, ctx.done.clone(), ctx.total.clone());
         let resumable = job.kind == IMAGE_IMPORT;
         let outcome = match work {
             Work::Import(params) => self.import(&mut ctx, params).await,
@@ -311,10 +311,19 @@ impl Jobs {
 
     /// Writes the progress counters to the job's row and the event stream twice a second, while
     /// they move.
-    fn report_progress(&self, ctx: &JobCtx) -> CancellationToken {
+    /// Cancel the returned token to stop reporting.
+    pub fn report_progress(
+        &self,
+        id: &str,
+        done: Arc<AtomicU64>,
+        total: Arc<AtomicU64>,
+    ) -> CancellationToken {
         let stop = CancellationToken::new();
-        let (done, total) = (ctx.done.clone(), ctx.total.clone());
-        let (store, events, id) = (ctx.store.clone(), ctx.events.clone(), ctx.id.clone());
+        let (store, events, id) = (
+            self.inner.store.clone(),
+            self.inner.events.clone(),
+            id.to_owned(),
+        );
         let guard = stop.clone();
         tokio::spawn(async move {
             let mut last = 0;

@@ -166,6 +166,8 @@ pub async fn upload_image(
         .await?;
     app.jobs.start_now(&job).await?;
     let progress = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(declared.unwrap_or(0)));
+    let reporter = app.jobs.report_progress(&job.id, progress.clone(), total);
     let received = app
         .images
         .receive(
@@ -182,6 +184,7 @@ pub async fn upload_image(
             }),
             _ => Ok(received),
         });
+    reporter.cancel();
     let received = match received {
         Ok(received) => received,
         Err(error) => {

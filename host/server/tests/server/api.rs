@@ -1107,16 +1107,22 @@ async fn a_call_that_outlives_the_request_timeout_is_answered_503() {
     use sqlx::Connection;
     let t = TestApp::with(|c| c.request_timeout = std::time::Duration::from_secs(1)).await;
     // Another writer holds the database: the insert waits for it, longer than the deadline.
-    let mut other = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        t.app.config.database().display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    let mut other =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", t.app.config.database().display()))
+            .await
+            .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let reply = t.post("/v1/applications", application("slow", "1")).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
     assert_eq!(reply.problem(), "timeout");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
