@@ -209,8 +209,26 @@ pub mod limits {
     pub const MAX_LABEL_VALUE: usize = 253;
 }
 
-/// A catalog name: `[a-z0-9][a-z0-9._-]{0,62}`.
+/// Whether `s` has the shape of a UUID (`8-4-4-4-12` hex digits), as resource ids do.
+pub fn is_uuid_shaped(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A catalog name: `[a-z0-9][a-z0-9._-]{0,62}`, never shaped like an id, so that a resource
+/// looked up by "id or name" is never ambiguous.
 pub fn check_name(field: &str, name: &str, errors: &mut Vec<FieldError>) {
+    if is_uuid_shaped(name) {
+        errors.push(FieldError::new(
+            field,
+            format!("{name:?} has the shape of an id; choose a name that does not"),
+        ));
+        return;
+    }
     let ok = !name.is_empty()
         && name.len() <= limits::MAX_NAME
         && name

@@ -216,7 +216,16 @@ impl Client {
                         }
                     }
                     match body.next().await {
-                        Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                        Some(Ok(chunk)) => {
+                            buffer.extend_from_slice(&chunk);
+                            // Events are small; a server that never ends one is not one we follow.
+                            if buffer.len() > MAX_EVENT_BYTES {
+                                let error = anyhow::anyhow!(
+                                    "the server sent an event longer than {MAX_EVENT_BYTES} bytes"
+                                );
+                                return Some((Err(error), (body, Vec::new())));
+                            }
+                        }
                         Some(Err(e)) => {
                             let error = anyhow::Error::new(e).context("the event stream broke");
                             return Some((Err(error), (body, buffer)));
@@ -285,6 +294,8 @@ pub fn file_stream(
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+const MAX_EVENT_BYTES: usize = 4 << 20;
 
 fn find_blank_line(buffer: &[u8]) -> Option<usize> {
     buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
@@ -381,7 +392,7 @@ pub fn image_rows(images: &[Image]) -> Vec<Vec<String>> {
         .iter()
         .map(|i| {
             vec![
-                i.id[..16].to_owned(),
+                i.id.get(..16).unwrap_or(&i.id).to_owned(),
                 i.name.clone(),
                 i.kind.as_str().to_owned(),
                 format!("{} (from {})", i.format, i.source_format),

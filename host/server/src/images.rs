@@ -289,31 +289,97 @@ impl ImageStore {
         })
     }
 
-    /// Resolves an import path and checks it lies in an import directory, after symlinks.
+    /// The import directories as they really are (symlinks resolved); those that do not exist
+    /// are left out.
+    fn import_roots(&self) -> Vec<PathBuf> {
+        self.limits
+            .import_dirs
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .collect()
+    }
+
+    fn not_importable(&self, path: &Path) -> ImageError {
+        ImageError::ImportNotAllowed {
+            path: path.display().to_string(),
+            allowed: self
+                .limits
+                .import_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// Resolves an import path and checks it lies in an import directory, after symlinks. A
+    /// path outside every import directory is refused before the file system is asked anything
+    /// about it, so the answer says nothing about what exists elsewhere.
     pub fn import_source(&self, path: &Path) -> Result<PathBuf> {
-        let shown = path.display().to_string();
+        let roots = self.import_roots();
+        let lexical = lexically_normal(path);
+        let configured = self.limits.import_dirs.iter().map(|d| lexically_normal(d));
+        if !configured
+            .chain(roots.iter().cloned())
+            .any(|root| lexical.starts_with(&root))
+        {
+            return Err(self.not_importable(path));
+        }
         let real = std::fs::canonicalize(path).map_err(|source| ImageError::Source {
-            path: shown.clone(),
+            path: path.display().to_string(),
             source,
         })?;
-        let allowed = self.limits.import_dirs.iter().any(|dir| {
-            std::fs::canonicalize(dir)
-                .map(|dir| real.starts_with(dir))
-                .unwrap_or(false)
-        });
-        if !allowed {
-            return Err(ImageError::ImportNotAllowed {
-                path: shown,
-                allowed: self
-                    .limits
-                    .import_dirs
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+        if !roots.iter().any(|root| real.starts_with(root)) {
+            return Err(self.not_importable(path));
         }
         Ok(real)
+    }
+
+    /// Opens an import source without following a final symlink and without blocking on a FIFO,
+    /// then checks what was opened: a regular file or a block device, really inside an import
+    /// directory (read back from `/proc/self/fd`, so a path swapped after the check is caught).
+    fn open_import(&self, source: &Path) -> Result<(File, u64)> {
+        use std::io::Seek;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let shown = source.display().to_string();
+        let source_err = |source| ImageError::Source {
+            path: shown.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(source)
+            .map_err(source_err)?;
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(source_err)?;
+        if !self
+            .import_roots()
+            .iter()
+            .any(|root| opened.starts_with(root))
+        {
+            return Err(self.not_importable(source));
+        }
+        let meta = file.metadata().map_err(source_err)?;
+        let size = if meta.file_type().is_block_device() {
+            let end = file.seek(io::SeekFrom::End(0)).map_err(source_err)?;
+            file.seek(io::SeekFrom::Start(0)).map_err(source_err)?;
+            end
+        } else if meta.is_file() {
+            meta.len()
+        } else {
+            return Err(ImageError::NotAFile { path: shown });
+        };
+        // Reads from here on may block, as file reads do.
+        // SAFETY: plain fcntl calls on a descriptor this function owns.
+        unsafe {
+            let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+        Ok((file, size))
     }
 
     /// Copies a file (or block device) into a temporary file, hashing it, at most at the
@@ -328,25 +394,14 @@ impl ImageStore {
         let (file, path) = self.temp()?;
         let limit = self.limits.max_image_size;
         let rate = self.limits.import_rate;
+        let store = self.clone();
         tokio::task::spawn_blocking(move || -> Result<Received> {
             let shown = source.display().to_string();
             let source_err = |source| ImageError::Source {
                 path: shown.clone(),
                 source,
             };
-            let mut input = File::open(&source).map_err(source_err)?;
-            let meta = input.metadata().map_err(source_err)?;
-            use std::os::unix::fs::FileTypeExt;
-            let size = if meta.file_type().is_block_device() {
-                use std::io::Seek;
-                let end = input.seek(io::SeekFrom::End(0)).map_err(source_err)?;
-                input.seek(io::SeekFrom::Start(0)).map_err(source_err)?;
-                end
-            } else if meta.is_file() {
-                meta.len()
-            } else {
-                return Err(ImageError::NotAFile { path: shown });
-            };
+            let (mut input, size) = store.open_import(&source)?;
             if size > limit {
                 return Err(ImageError::TooLarge { limit });
             }
@@ -510,6 +565,23 @@ impl ImageStore {
     }
 }
 
+/// `path` made absolute with `.` and `..` resolved by name alone, touching no file system.
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn sweep(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir)? {
@@ -663,6 +735,13 @@ pub fn check_header(header: &Header, max: u64) -> Result<Inspected> {
             return Err(ImageError::Corrupt("the VMDK header is truncated".into()));
         }
         let size = u64_le(b, 12).saturating_mul(512);
+        if size == 0 {
+            // With no capacity of its own, qemu reads the embedded descriptor as a descriptor
+            // file and opens every extent it names: any file the server can read.
+            return Err(ImageError::Unsupported(
+                "the VMDK has no capacity of its own and defers to its descriptor's extents; upload a monolithicSparse or streamOptimized VMDK".into(),
+            ));
+        }
         if size > max {
             return Err(ImageError::VirtualSizeTooLarge {
                 claimed: size,
@@ -681,10 +760,17 @@ pub fn check_header(header: &Header, max: u64) -> Result<Inspected> {
                     "the VMDK is a delta of a parent image; upload a self-contained image".into(),
                 ));
             }
-            let create_type = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("createType="))
-                .map(|t| t.trim().trim_matches('"').to_owned());
+            // qemu finds `createType` anywhere in the text, not only at a line's start.
+            let create_type = text.find("createType").map(|at| {
+                text[at + "createType".len()..]
+                    .trim_start_matches([' ', '\t', '='])
+                    .trim_start_matches('"')
+                    .split(['"', '\n', '\r'])
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            });
             match create_type.as_deref() {
                 None | Some("monolithicSparse" | "streamOptimized") => {}
                 Some(other) => {
@@ -782,6 +868,23 @@ async fn qemu_img_info(path: &Path, format: ImageFormat) -> Result<QemuInfo> {
         return Err(ImageError::Unsupported(
             "the image keeps its data in an external file".into(),
         ));
+    }
+    if format == ImageFormat::Vmdk {
+        // What qemu itself opened: one extent, this file, of a single-file type.
+        let data = &info["format-specific"]["data"];
+        let create_type = data["create-type"].as_str().unwrap_or_default();
+        let own = path.to_string_lossy();
+        let extents_are_self = data["extents"].as_array().is_some_and(|extents| {
+            !extents.is_empty()
+                && extents
+                    .iter()
+                    .all(|e| e["filename"].as_str() == Some(own.as_ref()))
+        });
+        if !matches!(create_type, "monolithicSparse" | "streamOptimized") || !extents_are_self {
+            return Err(ImageError::Unsupported(
+                "the VMDK names extents in other files; upload a monolithicSparse or streamOptimized VMDK".into(),
+            ));
+        }
     }
     Ok(QemuInfo {
         virtual_size,

@@ -95,6 +95,8 @@ impl From<ImageError> for StepError {
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::Cancelled => StepError::Cancelled,
+            // The server's own failures: their text (paths, system errors) stays in the log.
+            e @ (ImageError::Io(_) | ImageError::QemuImg { .. }) => StepError::Failed(internal(&e)),
             other => StepError::Failed(other.to_string()),
         }
     }
@@ -102,8 +104,15 @@ impl From<ImageError> for StepError {
 
 impl From<StoreError> for StepError {
     fn from(e: StoreError) -> Self {
-        StepError::Failed(error_chain(&e))
+        StepError::Failed(internal(&e))
     }
+}
+
+/// Logs an internal error with an id, and returns the message a client sees instead.
+fn internal(e: &dyn std::error::Error) -> String {
+    let id = uuid::Uuid::now_v7();
+    tracing::error!(error_id = %id, error = %error_chain(e), "internal error in a job");
+    format!("internal error {id}; the server's log has the details")
 }
 
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -222,6 +231,22 @@ impl Jobs {
         Ok(job)
     }
 
+    /// Fails a job at whatever step it is in; for paths that lost track of it. Logs rather than
+    /// returns an error: the next start fails it anyway if this cannot.
+    pub async fn fail_where_it_is(&self, id: &str, message: &str) {
+        let step = match self.inner.store.job(id).await {
+            Ok(job) if job.state.is_finished() => return,
+            Ok(job) => job.steps.get(job.step).cloned().unwrap_or_default(),
+            Err(error) => {
+                tracing::error!(job = id, error = %error, "cannot read a job to fail it");
+                return;
+            }
+        };
+        if let Err(error) = self.fail(id, &step, message.to_owned()).await {
+            tracing::error!(job = id, error = %error, "cannot fail a job; the next start will");
+        }
+    }
+
     /// Runs `work` on a tracked task, from `first_step`.
     pub fn spawn(&self, job: Job, first_step: usize, work: Work) {
         let jobs = self.clone();
@@ -229,6 +254,8 @@ impl Jobs {
             let id = job.id.clone();
             if let Err(e) = jobs.run(job, first_step, work).await {
                 tracing::error!(job = %id, error = %error_chain(&e), "job bookkeeping failed");
+                jobs.fail_where_it_is(&id, "internal error; the server's log has the details")
+                    .await;
             }
         });
     }
@@ -265,7 +292,7 @@ impl Jobs {
                     .await
             }
         };
-        reporter.cancel();
+        drop(reporter);
         match outcome {
             Ok(image) => {
                 let result = serde_json::to_value(&image).unwrap_or_default();
@@ -311,13 +338,13 @@ impl Jobs {
 
     /// Writes the progress counters to the job's row and the event stream twice a second, while
     /// they move.
-    /// Cancel the returned token to stop reporting.
+    /// Reporting stops when the returned guard is dropped.
     pub fn report_progress(
         &self,
         id: &str,
         done: Arc<AtomicU64>,
         total: Arc<AtomicU64>,
-    ) -> CancellationToken {
+    ) -> tokio_util::sync::DropGuard {
         let stop = CancellationToken::new();
         let (store, events, id) = (
             self.inner.store.clone(),
@@ -351,7 +378,7 @@ impl Jobs {
                 }
             }
         });
-        stop
+        stop.drop_guard()
     }
 
     async fn import(&self, ctx: &mut JobCtx, params: ImportParams) -> Result<Image, StepError> {
@@ -409,6 +436,23 @@ impl Jobs {
             created_at: Timestamp::now(),
         };
         let (image, added) = self.inner.store.insert_image(&image).await?;
+        if image.kind != kind {
+            return Err(StepError::Failed(format!(
+                "these bytes are already stored as {} {} ({}), not as a{}",
+                if image.kind == ImageKind::Disk {
+                    "disk image"
+                } else {
+                    "artifact"
+                },
+                image.id,
+                image.name,
+                if kind == ImageKind::Disk {
+                    " disk image"
+                } else {
+                    "n artifact"
+                },
+            )));
+        }
         if added {
             self.inner
                 .events

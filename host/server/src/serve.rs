@@ -32,7 +32,12 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// A token created at first start, when the store had none: its secret is in `admin.token`.
     pub first_admin_token: bool,
+    /// Uploads hold two threads each while they receive: a bounded number at once.
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many uploads may receive at once; more are refused with 503.
+pub const MAX_CONCURRENT_UPLOADS: usize = 16;
 
 impl App {
     /// Opens (or creates) everything under the data directory and brings back unfinished jobs.
@@ -78,6 +83,7 @@ impl App {
             plugin_handles,
             shutdown: CancellationToken::new(),
             first_admin_token,
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS)),
         });
         let recovered = app.jobs.recover().await?;
         if recovered > 0 {
@@ -191,8 +197,9 @@ impl Server {
                 grace_s = grace.as_secs(),
                 "shutting down: finishing requests and jobs"
             );
-            // Requests still open after the grace period (a slow upload) are cut; their jobs fail
-            // at `receive` and leave nothing behind.
+            // Requests still open after the grace period (a slow upload) are cut; their jobs are
+            // failed by the upload's guard (or, if the process ends first, at the next start),
+            // and their temporary files go with them.
             let abort = serving.abort_handle();
             let requests = tokio::time::timeout(grace, serving);
             let (requests, ()) = tokio::join!(requests, jobs.shutdown(grace));

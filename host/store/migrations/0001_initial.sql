@@ -83,12 +83,12 @@ CREATE TABLE jobs (
     state        TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
     params       TEXT NOT NULL,
     steps        TEXT NOT NULL,               -- JSON list of step names, in order
-    step         INTEGER NOT NULL,            -- index of the current (or failed) step
+    step         BIGINT NOT NULL,             -- index of the current (or failed) step
     done_bytes   BIGINT NOT NULL,
     total_bytes  BIGINT,
     result       TEXT,
     error        TEXT,
-    attempts     INTEGER NOT NULL,
+    attempts     BIGINT NOT NULL,
     owner        TEXT NOT NULL,
     created_at   BIGINT NOT NULL,
     updated_at   BIGINT NOT NULL,

@@ -166,6 +166,13 @@ impl Store {
         Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
     }
 
+    /// A transaction that reads and then writes. SQLite's plain `BEGIN` would fail the upgrade to
+    /// a write lock at once with SQLITE_BUSY when another writer is active, ignoring the busy
+    /// timeout; `BEGIN IMMEDIATE` takes the lock up front, and waits for it.
+    async fn write_tx(&self) -> Result<Tx<'static>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -297,7 +304,7 @@ impl Store {
 
     /// Deletes an image's record, unless a model VM or an application uses it.
     pub async fn delete_image(&self, id: &str) -> Result<Image> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let users = sqlx::query(
             "SELECT 'model VM ' || m.name FROM model_vm_images u JOIN model_vms m ON m.id = u.model_vm_id
                WHERE u.image_id = $1
@@ -337,7 +344,7 @@ impl Store {
     pub async fn create_application(&self, spec: &ApplicationSpec) -> Result<Application> {
         let id = new_id();
         let now = Timestamp::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         check_artifacts(&mut tx, spec).await?;
         sqlx::query(
             "INSERT INTO applications (id, name, version, spec, revision, created_at, updated_at)
@@ -403,7 +410,7 @@ impl Store {
         spec: &ApplicationSpec,
         expected: Option<u64>,
     ) -> Result<Application> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let current = sqlx::query("SELECT revision, name, version FROM applications WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -449,7 +456,7 @@ impl Store {
     }
 
     pub async fn delete_application(&self, id: &str) -> Result<Application> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let users = application_users(&mut tx, id).await?;
         if !users.is_empty() {
             return Err(StoreError::InUse {
@@ -477,7 +484,7 @@ impl Store {
     pub async fn create_model_vm(&self, spec: &ModelVmSpec) -> Result<ModelVm> {
         let id = new_id();
         let now = Timestamp::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let app_ids = check_model_refs(&mut tx, spec).await?;
         sqlx::query(
             "INSERT INTO model_vms (id, name, os_family, os_distro, os_version, arch, spec, revision,
@@ -555,7 +562,7 @@ impl Store {
         spec: &ModelVmSpec,
         expected: Option<u64>,
     ) -> Result<ModelVm> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let current = sqlx::query("SELECT id, revision FROM model_vms WHERE id = $1 OR name = $1")
             .bind(id_or_name)
             .fetch_optional(&mut *tx)

@@ -73,6 +73,8 @@ pub enum ApiError {
     Timeout(u64),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -199,6 +201,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
                 "The request took too long",
+            ),
+            ApiError::Busy(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "The server is busy",
             ),
             ApiError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,

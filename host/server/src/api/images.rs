@@ -64,6 +64,27 @@ pub struct ImageListQuery {
     pub after: Option<String>,
 }
 
+/// Fails an upload's job if the handler ends before handing it on.
+struct UploadGuard {
+    jobs: crate::jobs::Jobs,
+    id: Option<String>,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let jobs = self.jobs.clone();
+            tokio::spawn(async move {
+                jobs.fail_where_it_is(
+                    &id,
+                    "the upload was abandoned (the client went away or the server stopped) before it was stored",
+                )
+                .await;
+            });
+        }
+    }
+}
+
 fn check_upload_name(name: &str) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     check_name("name", name, &mut errors);
@@ -149,6 +170,12 @@ pub async fn upload_image(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let kind = query.kind.unwrap_or(ImageKind::Disk);
+    let slot = app.upload_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Busy(format!(
+            "{} uploads are already running; try again when one has finished",
+            crate::serve::MAX_CONCURRENT_UPLOADS
+        ))
+    })?;
     let params = UploadParams {
         name: query.name,
         kind,
@@ -164,6 +191,12 @@ pub async fn upload_image(
             &caller.token.id,
         )
         .await?;
+    // From here until the runner owns the job, a dropped handler (the client went away, the
+    // server stopped) must not leave it running.
+    let mut guard = UploadGuard {
+        jobs: app.jobs.clone(),
+        id: Some(job.id.clone()),
+    };
     app.jobs.start_now(&job).await?;
     let progress = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(declared.unwrap_or(0)));
@@ -184,10 +217,11 @@ pub async fn upload_image(
             }),
             _ => Ok(received),
         });
-    reporter.cancel();
+    drop((reporter, slot));
     let received = match received {
         Ok(received) => received,
         Err(error) => {
+            guard.id = None;
             app.jobs
                 .fail(&job.id, UPLOAD_STEPS[0], error.to_string())
                 .await?;
@@ -200,6 +234,7 @@ pub async fn upload_image(
         .set_job_progress(&job.id, received.size, Some(received.size))
         .await?;
     let job = app.jobs.store().job(&job.id).await?;
+    guard.id = None;
     app.jobs
         .spawn(job.clone(), 1, Work::StoreUpload { params, received });
     job_response(&app, job, query.wait.unwrap_or(false)).await

@@ -101,7 +101,7 @@ pub async fn job_events(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     app.store.job(&id).await?;
     let after = last_event_id(&headers, query.after);
-    Ok(stream(app, after, Some(id)))
+    Ok(stream(app, after, Some(id), false))
 }
 
 /// Every event — jobs and inventory changes — as server-sent events, from `after` on.
@@ -111,13 +111,15 @@ pub async fn job_events(
         description = "A stream of events, each `data` an Event"),
         (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn events(
-    _: Caller<Operator>,
+    caller: Caller<Operator>,
     State(app): State<AppState>,
     QueryParams(query): QueryParams<StreamQuery>,
     headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let after = last_event_id(&headers, query.after);
-    stream(app, after, None)
+    // Tokens are the admin's business: operators do not see them come and go.
+    let tokens = caller.token.role == slipway_core::resources::Role::Admin;
+    stream(app, after, None, tokens)
 }
 
 fn sse(event: &Event) -> SseEvent {
@@ -131,6 +133,7 @@ fn stream(
     app: AppState,
     mut after: i64,
     subject: Option<String>,
+    token_events: bool,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     const BATCH: u32 = 500;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -147,6 +150,9 @@ fn stream(
             };
             for event in &batch {
                 after = event.seq;
+                if event.topic == "token" && !token_events {
+                    continue;
+                }
                 if tx.send(Ok(sse(event))).await.is_err() {
                     return;
                 }

@@ -369,6 +369,20 @@ async fn applications_are_created_listed_replaced_and_deleted() {
         ]
     );
 
+    let id_shaped = t
+        .post(
+            "/v1/applications",
+            application("01a2019f-0000-7000-8000-000000000000", "1"),
+        )
+        .await;
+    assert_eq!(id_shaped.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        id_shaped.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("shape of an id")
+    );
+
     let dangling = t
         .post(
             "/v1/applications",
@@ -623,6 +637,44 @@ async fn uploads_detect_the_format_from_the_header_and_store_qcow2() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // The same bytes as an artifact and then as a disk: one id, so the second is refused.
+    let other_qcow2 = dir.join("other.qcow2");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        raw.to_str().unwrap(),
+        other_qcow2.to_str().unwrap(),
+    ]);
+    let artifact_again = t
+        .upload(
+            "name=o-artifact&kind=artifact",
+            std::fs::read(&other_qcow2).unwrap(),
+        )
+        .await;
+    assert_eq!(artifact_again.status, StatusCode::CREATED);
+    let as_disk = t
+        .upload("name=o-disk", std::fs::read(&other_qcow2).unwrap())
+        .await;
+    assert_eq!(
+        as_disk.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        as_disk.body
+    );
+    assert!(
+        as_disk.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already stored as artifact"),
+        "{}",
+        as_disk.body
+    );
+
     // The same bytes again are the same image: content addressing.
     let again = t.upload_ok("again", &raw).await;
     assert_eq!(again["id"], from_raw["id"]);
@@ -639,6 +691,8 @@ async fn uploads_detect_the_format_from_the_header_and_store_qcow2() {
 
     let list = t.get("/v1/images?kind=disk").await;
     assert_eq!(list.body["items"].as_array().unwrap().len(), 3);
+    let list = t.get("/v1/images?kind=artifact").await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 2);
     assert!(t.tmp_files().is_empty());
 }
 
@@ -760,6 +814,34 @@ async fn hostile_images_are_refused_and_leave_nothing_behind() {
         "job-failed",
     )
     .await;
+
+    // A VMDK with no capacity of its own, whose descriptor (past a harmless first sector, with
+    // its type behind a `#`) names the server's admin token as a flat extent: qemu would copy
+    // the token into the image.
+    let mut vmdk = vec![0u8; 3 * 512];
+    vmdk[..4].copy_from_slice(b"KDMV");
+    vmdk[4..8].copy_from_slice(&1u32.to_le_bytes());
+    vmdk[28..36].copy_from_slice(&1u64.to_le_bytes()); // descriptor at sector 1
+    vmdk[36..44].copy_from_slice(&1u64.to_le_bytes()); // of one sector
+    let harmless = b"# Disk DescriptorFile\n";
+    vmdk[512..512 + harmless.len()].copy_from_slice(harmless);
+    let evil = b"#createType=\"monolithicFlat\"\nRW 8 FLAT \"../../admin.token\" 0\n";
+    vmdk[1024..1024 + evil.len()].copy_from_slice(evil);
+    let body = refused(
+        &t,
+        "name=extents",
+        vmdk,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "job-failed",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no capacity of its own"),
+        "{body}"
+    );
 
     // Garbage behind a qcow2 magic.
     let mut corrupt = b"QFI\xfb\0\0\0\x03".to_vec();
@@ -886,6 +968,49 @@ async fn imports_come_only_from_import_directories() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A FIFO would block a plain open forever: refused at once instead.
+    let fifo = t.import_dir().join("pipe.raw");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reply = t
+        .post("/v1/images/import?wait=true", json!({"path": fifo}))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{}",
+        reply.body
+    );
+    // Outside the import directories, the answer is the same whether the path exists or not.
+    let absent = t
+        .post("/v1/images/import", json!({"path": "/etc/no-such-file"}))
+        .await;
+    assert_eq!(absent.status, outside.status);
+    assert!(
+        absent.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not inside an import directory")
+    );
+    assert!(
+        outside.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not inside an import directory")
+    );
     let reply = t
         .post("/v1/images/import", json!({"path": t.import_dir()}))
         .await;
