@@ -528,7 +528,17 @@ impl Jobs {
                 "grace period over: parking the jobs still running"
             );
             self.inner.cancel.cancel();
-            tracker.wait().await;
+            // Work checks for cancellation at least every chunk; should one still not stop, the
+            // process ends anyway and the next start recovers the job from the store.
+            if tokio::time::timeout(grace.max(Duration::from_secs(5)), tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    running = tracker.len(),
+                    "jobs did not stop after cancellation; the next start recovers them"
+                );
+            }
         }
     }
 
