@@ -179,6 +179,8 @@ fn timed(command: &mut Command) -> f64 {
 }
 
 fn main() {
+    // As the `slipway` binary does, so that the client here is the CLI's.
+    slipway_server::tune_allocator();
     let mib: u64 = std::env::var("SLIPWAY_BENCH_MIB")
         .ok()
         .and_then(|v| v.parse().ok())

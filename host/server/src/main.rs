@@ -57,6 +57,7 @@ fn init_logs(filter: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    slipway_server::tune_allocator();
     match try_main(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
