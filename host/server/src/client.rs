@@ -149,18 +149,12 @@ impl Client {
         kind: &str,
         sha256: Option<&str>,
     ) -> anyhow::Result<Job> {
-        let opened = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("opening {}", file.display()))?;
-        let len = opened.metadata().await?.len();
+        let opened =
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let len = opened.metadata()?.len();
         let bar = self.bar(len, "uploading");
         let counter = bar.clone();
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(opened, 1 << 20).inspect(move |chunk| {
-                if let Ok(chunk) = chunk {
-                    counter.inc(chunk.len() as u64);
-                }
-            });
+        let stream = file_stream(opened, move |n| counter.inc(n));
         let mut query = vec![("name", name.to_owned()), ("kind", kind.to_owned())];
         if let Some(sha256) = sha256 {
             query.push(("sha256", sha256.to_owned()));

@@ -531,6 +531,9 @@ impl ImageStore {
     pub fn commit(&self, blob: Canonical) -> Result<u64> {
         let target = self.blob_path(&blob.sha256);
         if !target.exists() {
+            // qemu-img writes its output without syncing it: make every blob durable here,
+            // before its rename (and the record after it) says it exists.
+            File::open(&blob.path)?.sync_all()?;
             std::fs::set_permissions(&blob.path, std::fs::Permissions::from_mode(0o444))?;
             blob.path
                 .persist(&target)
@@ -616,6 +619,8 @@ fn hash_file(path: &Path) -> io::Result<(String, u64)> {
 pub struct Header {
     pub bytes: Vec<u8>,
     pub len: u64,
+    /// The last 512 bytes, where a fixed-size VHD keeps its only header.
+    pub tail: Vec<u8>,
     /// A VMDK's embedded descriptor, when the header locates one.
     pub descriptor: Option<Vec<u8>>,
 }
@@ -647,9 +652,15 @@ fn read_header(path: &Path) -> Result<Header> {
             descriptor = Some(text);
         }
     }
+    let mut tail = Vec::new();
+    if len >= 512 {
+        file.seek(SeekFrom::Start(len - 512))?;
+        (&mut file).take(512).read_to_end(&mut tail)?;
+    }
     Ok(Header {
         bytes,
         len,
+        tail,
         descriptor,
     })
 }
@@ -784,6 +795,11 @@ pub fn check_header(header: &Header, max: u64) -> Result<Inspected> {
             format: ImageFormat::Vmdk,
             virtual_size: Some(size),
         });
+    }
+    if header.tail.starts_with(b"conectix") {
+        return Err(ImageError::Unsupported(
+            "VHD images are not supported: convert to qcow2, raw or a single-file VMDK".into(),
+        ));
     }
     for (magic, name) in FOREIGN {
         if b.starts_with(magic) {

@@ -48,6 +48,12 @@ impl App {
             .await
             .with_context(|| format!("opening the database {}", config.database().display()))?;
         let first_admin_token = ensure_admin_token(&store, &config.admin_token_file()).await?;
+        // The default import directory exists from the start, so imports work out of the box.
+        let default_import = data.join("import");
+        if config.import_dirs.contains(&default_import) {
+            std::fs::create_dir_all(&default_import)
+                .with_context(|| format!("creating {}", default_import.display()))?;
+        }
         let images = ImageStore::open(
             &data.join("images"),
             Limits {

@@ -789,6 +789,14 @@ impl Store {
         })
     }
 
+    /// The newest event's sequence number, 0 when there is none.
+    pub async fn last_event_seq(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get::<Option<i64>, _>(0).unwrap_or(0))
+    }
+
     /// The sequence number of a job's `succeeded` or `failed` event, once it has one.
     pub async fn last_terminal_event(&self, job: &str) -> Result<Option<i64>> {
         let row = sqlx::query(

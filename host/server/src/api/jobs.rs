@@ -75,13 +75,12 @@ pub struct StreamQuery {
     pub after: Option<i64>,
 }
 
-fn last_event_id(headers: &HeaderMap, after: Option<i64>) -> i64 {
+fn last_event_id(headers: &HeaderMap, after: Option<i64>) -> Option<i64> {
     headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .or(after)
-        .unwrap_or(0)
 }
 
 /// One job's events as server-sent events, from its creation (or `after`) to its end; the stream
@@ -100,11 +99,13 @@ pub async fn job_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     app.store.job(&id).await?;
-    let after = last_event_id(&headers, query.after);
+    // A job's stream starts at the job's beginning unless told otherwise.
+    let after = last_event_id(&headers, query.after).unwrap_or(0);
     Ok(stream(app, after, Some(id), false))
 }
 
-/// Every event — jobs and inventory changes — as server-sent events, from `after` on.
+/// Every event — jobs and inventory changes — as server-sent events: from now on, or from after
+/// `after` (or `Last-Event-ID`) to resume; `after=0` replays the whole log.
 #[utoipa::path(get, path = "/v1/events", tag = "jobs", security(("bearer" = [])),
     params(StreamQuery),
     responses((status = 200, content_type = "text/event-stream", body = Event,
@@ -115,11 +116,15 @@ pub async fn events(
     State(app): State<AppState>,
     QueryParams(query): QueryParams<StreamQuery>,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let after = last_event_id(&headers, query.after);
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    // The global stream starts now unless told where to resume (`after=0`: the whole log).
+    let after = match last_event_id(&headers, query.after) {
+        Some(after) => after,
+        None => app.store.last_event_seq().await?,
+    };
     // Tokens are the admin's business: operators do not see them come and go.
     let tokens = caller.token.role == slipway_core::resources::Role::Admin;
-    stream(app, after, None, tokens)
+    Ok(stream(app, after, None, tokens))
 }
 
 fn sse(event: &Event) -> SseEvent {

@@ -235,36 +235,39 @@ impl ServerProcess {
                 .as_nanos()
         ));
         let out = std::fs::File::create(&log).unwrap();
-        // Waited for by `kill` (on drop) or `terminate`.
-        #[allow(clippy::zombie_processes)]
-        let child = Command::new(slipway_bin())
+        let mut command = Command::new(slipway_bin());
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
-            .args(extra)
-            .env_remove("SLIPWAY_CONFIG")
-            .env_remove("SLIPWAY_PLUGINS")
-            .env_remove("SLIPWAY_IMPORT_DIRS")
+            .args(extra);
+        isolate(&mut command, data);
+        // Owned by the ServerProcess at once, so that a failed start still kills it.
+        let child = command
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
             .unwrap();
+        let mut server = Self {
+            child,
+            url: String::new(),
+            data: data.to_owned(),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = server.log_text();
             if let Some(at) = text.find("listening on http://") {
-                let url = text[at + "listening on ".len()..]
+                server.url = text[at + "listening on ".len()..]
                     .lines()
                     .next()
                     .unwrap()
                     .trim()
                     .to_owned();
-                return Self {
-                    child,
-                    url,
-                    data: data.to_owned(),
-                    log,
-                };
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("the server exited ({status}) before listening:\n{text}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -283,11 +286,12 @@ impl ServerProcess {
 
     /// Runs the CLI against this server with `token`.
     pub fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
-        Command::new(slipway_bin())
-            .args(args)
+        let mut command = Command::new(slipway_bin());
+        command.args(args);
+        isolate(&mut command, &self.data);
+        command
             .env("SLIPWAY_SERVER", &self.url)
             .env("SLIPWAY_TOKEN", token)
-            .env_remove("SLIPWAY_DATA_DIR")
             .output()
             .unwrap()
     }
@@ -313,6 +317,40 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Keeps a server or CLI process to what the test gives it: no `SLIPWAY_*` variable of the
+/// environment running the tests, and a home of its own (the CLI falls back to the admin token
+/// of the default data directory under it).
+pub fn isolate(command: &mut Command, data: &Path) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SLIPWAY_") {
+            command.env_remove(key);
+        }
+    }
+    let home = data.with_extension("home");
+    command
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", home.join("share"));
+}
+
+/// Runs a command that must end within `limit`, killing it otherwise.
+pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// The stdout of a CLI run that must succeed.
