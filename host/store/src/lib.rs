@@ -1091,25 +1091,48 @@ fn image_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Image> {
     })
 }
 
-fn application_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Application> {
-    Ok(Application {
+/// The columns every catalog resource shares: id, spec (JSON), revision, created, updated.
+struct CatalogRow<S> {
+    id: String,
+    spec: S,
+    revision: u64,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+fn catalog_row<S: serde::de::DeserializeOwned>(
+    r: &sqlx::sqlite::SqliteRow,
+    kind: &'static str,
+) -> Result<CatalogRow<S>> {
+    Ok(CatalogRow {
         id: r.get(0),
         spec: serde_json::from_str(r.get::<&str, _>(1))
-            .map_err(|e| StoreError::Corrupt("application", e))?,
+            .map_err(|e| StoreError::Corrupt(kind, e))?,
         revision: to_u64(r.get(2)),
         created_at: Timestamp(r.get(3)),
         updated_at: Timestamp(r.get(4)),
     })
 }
 
+fn application_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Application> {
+    let row = catalog_row(r, "application")?;
+    Ok(Application {
+        id: row.id,
+        spec: row.spec,
+        revision: row.revision,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
 fn model_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ModelVm> {
+    let row = catalog_row(r, "model VM")?;
     Ok(ModelVm {
-        id: r.get(0),
-        spec: serde_json::from_str(r.get::<&str, _>(1))
-            .map_err(|e| StoreError::Corrupt("model VM", e))?,
-        revision: to_u64(r.get(2)),
-        created_at: Timestamp(r.get(3)),
-        updated_at: Timestamp(r.get(4)),
+        id: row.id,
+        spec: row.spec,
+        revision: row.revision,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
     })
 }
 
