@@ -108,10 +108,15 @@ impl From<StoreError> for StepError {
     }
 }
 
-/// Logs an internal error with an id, and returns the message a client sees instead.
 fn internal(e: &dyn std::error::Error) -> String {
+    log_internal(&error_chain(e))
+}
+
+/// Logs an internal error with an id, and returns the message a client sees instead: the
+/// server's insides (paths, system errors) stay in its log.
+pub fn log_internal(message: &str) -> String {
     let id = uuid::Uuid::now_v7();
-    tracing::error!(error_id = %id, error = %error_chain(e), "internal error in a job");
+    tracing::error!(error_id = %id, error = %message, "internal error");
     format!("internal error {id}; the server's log has the details")
 }
 

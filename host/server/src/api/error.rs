@@ -12,7 +12,7 @@ use slipway_store::StoreError;
 use utoipa::ToSchema;
 
 use crate::images::ImageError;
-use crate::jobs::error_chain;
+use crate::jobs::{error_chain, log_internal};
 
 /// A problem, as every error of the API is answered.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -223,15 +223,9 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let (status, name, title) = self.kind();
         let detail = match self {
-            ApiError::Internal(message) => {
-                let id = uuid::Uuid::now_v7();
-                tracing::error!(error_id = %id, error = %message, "internal error");
-                format!("internal error {id}; the server's log has the details")
-            }
+            ApiError::Internal(message) => log_internal(message),
             ApiError::Image(e @ (ImageError::Io(_) | ImageError::QemuImg { .. })) => {
-                let id = uuid::Uuid::now_v7();
-                tracing::error!(error_id = %id, error = %error_chain(e), "image store error");
-                format!("internal error {id}; the server's log has the details")
+                log_internal(&error_chain(e))
             }
             other => other.to_string(),
         };

@@ -19,13 +19,14 @@ mod tokens;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use slipway_core::catalog::FieldError;
@@ -80,14 +81,17 @@ impl Modify for BearerAuth {
 }
 
 /// The routes and their OpenAPI document, before state is attached.
-fn routes(max_json_body: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+fn routes(
+    max_json_body: usize,
+    request_timeout: Duration,
+) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa_axum::routes;
     // Calls that answer promptly: bounded bodies and a deadline.
     let quick = OpenApiRouter::new()
         .routes(routes!(system::health))
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))
-        .routes(routes!(images::import_image))
+        .routes(routes!(images::list_images))
         .routes(routes!(images::get_image, images::delete_image))
         .routes(routes!(
             catalog::create_application,
@@ -107,10 +111,20 @@ fn routes(max_json_body: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(system::list_plugins))
-        .layer(DefaultBodyLimit::max(max_json_body));
-    // Calls that stream: an upload's body, event streams. They have idle limits of their own.
+        .layer(DefaultBodyLimit::max(max_json_body))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| async move {
+                match tokio::time::timeout(request_timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::Timeout(request_timeout.as_secs()).into_response(),
+                }
+            },
+        ));
+    // Calls that stream (an upload's body, event streams) or may wait for a job (an import with
+    // `wait`): limits of their own instead of the deadline.
     let streaming = OpenApiRouter::new()
-        .routes(routes!(images::upload_image, images::list_images))
+        .routes(routes!(images::upload_image))
+        .routes(routes!(images::import_image))
         .routes(routes!(jobs::job_events))
         .routes(routes!(jobs::events));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -121,12 +135,12 @@ fn routes(max_json_body: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) 
 
 /// The OpenAPI document, as generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(1).1
+    routes(1, Duration::from_secs(1)).1
 }
 
 /// The whole API, ready to serve.
 pub fn router(app: AppState) -> Router {
-    let (router, doc) = routes(app.config.max_json_body);
+    let (router, doc) = routes(app.config.max_json_body, app.config.request_timeout);
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
     router
         .route(
@@ -138,32 +152,7 @@ pub fn router(app: AppState) -> Router {
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn_with_state(app.clone(), timeout))
         .with_state(app)
-}
-
-/// Bounds the time of every call but those that stream.
-async fn timeout(
-    axum::extract::State(app): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let limit = app.config.request_timeout;
-    let streaming = is_streaming(request.method(), request.uri().path());
-    if streaming {
-        return next.run(request).await;
-    }
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout(limit.as_secs()).into_response(),
-    }
-}
-
-fn is_streaming(method: &axum::http::Method, path: &str) -> bool {
-    (method == axum::http::Method::POST && path == "/v1/images")
-        || path == "/v1/events"
-        || (path.starts_with("/v1/jobs/") && path.ends_with("/events"))
-        || (path == "/v1/images/import")
 }
 
 /// The marker types of [`Caller`]: the least role a route needs.
