@@ -1,0 +1,1 @@
+//! First-boot software for staged Linux guests.

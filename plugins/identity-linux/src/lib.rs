@@ -1,0 +1,1 @@
+//! Identity plugin for Linux guests.
