@@ -315,3 +315,51 @@ pub struct Page<T> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }
+
+/// One change a staging step made to the guest tree, in the order it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StageOperation {
+    /// Who made it: the identity plugin (`identity-linux`) or `slipway` (first-boot wiring).
+    pub by: String,
+    /// A stable name, e.g. `machine-id`, `ssh-host-keys`, `first-boot`.
+    pub name: String,
+    /// Paths, relative to the file system's root, that were changed, created or removed.
+    pub changed: Vec<String>,
+    pub detail: String,
+}
+
+/// The operating system staging found in the model's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FoundOs {
+    pub family: String,
+    pub distro: String,
+    pub version: String,
+    pub arch: String,
+    /// `systemd`, `openrc`, `sysvinit`, `busybox` or `unknown`.
+    pub init_system: String,
+}
+
+/// A model VM made ready to deploy: its identity stripped and first-boot software added, in a
+/// new image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StagedVm {
+    pub id: String,
+    pub name: String,
+    /// The model VM it was staged from, and the revision of it that was staged.
+    pub model_vm: String,
+    pub model_revision: u64,
+    /// The images of its disks, in the model's order: the first is the new staged image, the
+    /// others are the model's own.
+    pub disks: Vec<String>,
+    pub os: FoundOs,
+    /// How the guest finds its seed at first boot: `cloud-init` or `slipway-firstboot`.
+    pub first_boot: String,
+    /// The identity plugin that stripped it, as `name@version`.
+    pub plugin: String,
+    /// Every change, in order.
+    pub operations: Vec<StageOperation>,
+    pub created_at: Timestamp,
+}

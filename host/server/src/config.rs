@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Directory of plugin directories to load at start [default: <data-dir>/plugins].
     #[arg(long, env = "SLIPWAY_PLUGINS")]
     pub plugins: Option<PathBuf>,
+    /// Slipway's first-boot agent (a static binary), installed by staging in guests without
+    /// cloud-init [default: none; such guests then cannot be staged].
+    #[arg(long, env = "SLIPWAY_GUEST_AGENT")]
+    pub guest_agent: Option<PathBuf>,
     /// Log filter, in `tracing` syntax (`info`, `slipway_server=debug,warn`) [default: info].
     #[arg(long, env = "SLIPWAY_LOG")]
     pub log: Option<String>,
@@ -85,6 +89,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub plugins: Option<PathBuf>,
+    pub guest_agent: Option<PathBuf>,
     pub log: Option<String>,
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -125,6 +130,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub plugins: PathBuf,
+    pub guest_agent: Option<PathBuf>,
     pub log: String,
     pub log_format: LogFormat,
     pub max_virtual_size: u64,
@@ -184,6 +190,7 @@ impl Config {
                 .plugins
                 .or(file.plugins)
                 .unwrap_or_else(|| data_dir.join("plugins")),
+            guest_agent: args.guest_agent.or(file.guest_agent),
             log: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             log_format: args
                 .log_format

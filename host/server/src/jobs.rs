@@ -48,9 +48,46 @@ pub struct UploadParams {
     pub sha256: Option<String>,
 }
 
+/// The input of staging, as kept in the job's params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageParams {
+    /// The model VM's id, and the revision that was asked for.
+    pub model_vm: String,
+    pub model_revision: u64,
+    /// The staged VM's name.
+    pub name: String,
+    #[serde(default)]
+    pub sizing: slipway_image::layout::Sizing,
+}
+
+/// What staging needs besides the store: the identity plugins, the first-boot agent to install
+/// in guests without cloud-init, and where working directories go.
+#[derive(Clone, Default)]
+pub struct StagingConfig {
+    pub identity: Vec<slipway_runtime::identity::IdentityPlugin>,
+    pub guest_agent: Option<PathBuf>,
+    pub work_root: PathBuf,
+}
+
+/// What a finished job reports: its result and the event that announces it.
+struct Done {
+    result: serde_json::Value,
+    event: serde_json::Value,
+}
+
+impl Done {
+    fn image(image: Image) -> Self {
+        Self {
+            event: serde_json::json!({ "image": image.id }),
+            result: serde_json::to_value(&image).unwrap_or_default(),
+        }
+    }
+}
+
 /// What a job does, with whatever it needs in memory.
 pub enum Work {
     Import(ImportParams),
+    Stage(StageParams),
     /// The steps after `receive`: the bytes already sit in a temporary file.
     StoreUpload {
         params: UploadParams,
@@ -67,6 +104,7 @@ struct Inner {
     store: Store,
     events: EventBus,
     images: ImageStore,
+    staging: StagingConfig,
     workers: Semaphore,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -153,12 +191,19 @@ impl JobCtx {
 }
 
 impl Jobs {
-    pub fn new(store: Store, events: EventBus, images: ImageStore, workers: usize) -> Self {
+    pub fn new(
+        store: Store,
+        events: EventBus,
+        images: ImageStore,
+        staging: StagingConfig,
+        workers: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 events,
                 images,
+                staging,
                 workers: Semaphore::new(workers),
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -291,26 +336,21 @@ impl Jobs {
         let reporter = self.report_progress(&ctx.id, ctx.done.clone(), ctx.total.clone());
         let resumable = job.kind == IMAGE_IMPORT;
         let outcome = match work {
-            Work::Import(params) => self.import(&mut ctx, params).await,
-            Work::StoreUpload { params, received } => {
-                self.store_image(&mut ctx, params.name, params.kind, received)
-                    .await
-            }
+            Work::Import(params) => self.import(&mut ctx, params).await.map(Done::image),
+            Work::StoreUpload { params, received } => self
+                .store_image(&mut ctx, params.name, params.kind, received)
+                .await
+                .map(Done::image),
+            Work::Stage(params) => self.stage(&mut ctx, params).await,
         };
         drop(reporter);
         match outcome {
-            Ok(image) => {
-                let result = serde_json::to_value(&image).unwrap_or_default();
-                inner.store.finish_job(&job.id, Ok(result)).await?;
-                tracing::info!(job = %job.id, kind = %job.kind, image = %image.id, "job succeeded");
+            Ok(done) => {
+                inner.store.finish_job(&job.id, Ok(done.result)).await?;
+                tracing::info!(job = %job.id, kind = %job.kind, result = %done.event, "job succeeded");
                 inner
                     .events
-                    .notify(
-                        "job",
-                        &job.id,
-                        "succeeded",
-                        serde_json::json!({ "image": image.id }),
-                    )
+                    .notify("job", &job.id, "succeeded", done.event)
                     .await;
             }
             Err(StepError::Cancelled) if resumable => {
@@ -384,6 +424,192 @@ impl Jobs {
             }
         });
         stop.drop_guard()
+    }
+
+    /// Stages a model VM: see [`crate::staging`] for the steps.
+    async fn stage(&self, ctx: &mut JobCtx, params: StageParams) -> Result<Done, StepError> {
+        use crate::staging::{self, StageError, Work as Dir};
+        let inner = &self.inner;
+        let model = inner.store.model_vm(&params.model_vm).await?;
+        if model.revision != params.model_revision {
+            return Err(StepError::Failed(format!(
+                "model VM {} changed (revision {} → {}) after staging was asked for; stage it again",
+                model.spec.name, params.model_revision, model.revision
+            )));
+        }
+        let Some(boot) = model
+            .spec
+            .hardware
+            .disks
+            .first()
+            .and_then(|d| d.image.clone())
+        else {
+            return Err(StepError::Failed(format!(
+                "model VM {} has no boot disk image",
+                model.spec.name
+            )));
+        };
+        std::fs::create_dir_all(&inner.staging.work_root)
+            .map_err(|e| StepError::Failed(internal(&e)))?;
+        // Removed when this function returns, whatever happens: no tree outlives its job.
+        let work_dir = tempfile::Builder::new()
+            .prefix(&format!("stage-{}-", ctx.id))
+            .tempdir_in(&inner.staging.work_root)
+            .map_err(|e| StepError::Failed(internal(&e)))?;
+        let work = Arc::new(Dir {
+            dir: work_dir.path().to_path_buf(),
+        });
+        let blob = inner.images.blob_path(&boot);
+        let fail = |e: StageError| match e {
+            StageError::Image(
+                slipway_image::ImageError::Io { .. } | slipway_image::ImageError::Tool { .. },
+            ) => StepError::Failed(internal(&e)),
+            other => StepError::Failed(other.to_string()),
+        };
+        async fn blocking<T: Send + 'static>(
+            f: impl FnOnce() -> Result<T, StageError> + Send + 'static,
+        ) -> Result<Result<T, StageError>, StepError> {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| StepError::Failed(internal(&e)))
+        }
+
+        ctx.enter(0).await?;
+        let w = work.clone();
+        let layout = blocking(move || staging::copy_out(&w, &blob))
+            .await?
+            .map_err(fail)?;
+        let layout = Arc::new(layout);
+
+        ctx.enter(1).await?;
+        let (w, l, plugins, os) = (
+            work.clone(),
+            layout.clone(),
+            inner.staging.identity.clone(),
+            model.spec.os.clone(),
+        );
+        let found = Arc::new(
+            blocking(move || staging::inspect(&w, &l, &plugins, &os))
+                .await?
+                .map_err(fail)?,
+        );
+
+        ctx.enter(2).await?;
+        let (w, l, f) = (work.clone(), layout.clone(), found.clone());
+        let mut operations = blocking(move || staging::strip(&w, &l, &f))
+            .await?
+            .map_err(fail)?;
+
+        ctx.enter(3).await?;
+        let (w, l, f, agent) = (
+            work.clone(),
+            layout.clone(),
+            found.clone(),
+            inner.staging.guest_agent.clone(),
+        );
+        let (method, wired) = blocking(move || staging::first_boot(&w, &l, &f, agent.as_deref()))
+            .await?
+            .map_err(fail)?;
+        operations.extend(wired);
+
+        ctx.enter(4).await?;
+        let (w, l, sizing) = (work.clone(), layout.clone(), params.sizing);
+        blocking(move || staging::write_image(&w, &l, sizing))
+            .await?
+            .map_err(fail)?;
+
+        ctx.enter(5).await?;
+        let images = &inner.images;
+        let staged_raw = tempfile::Builder::new()
+            .prefix("staged-")
+            .tempfile_in(images.tmp_dir())
+            .map_err(|e| StepError::Failed(internal(&e)))?
+            .into_temp_path();
+        std::fs::rename(work.staged(), &staged_raw).map_err(|e| StepError::Failed(internal(&e)))?;
+        let size = std::fs::metadata(&staged_raw).map(|m| m.len()).unwrap_or(0);
+        let received = Received {
+            path: staged_raw,
+            sha256: String::new(),
+            size,
+        };
+        let inspected = crate::images::Inspected {
+            format: slipway_core::resources::ImageFormat::Raw,
+            virtual_size: Some(size),
+        };
+        let canonical = images
+            .canonicalize(received, inspected, ctx.cancel.clone())
+            .await?;
+        let id = canonical.sha256.clone();
+        let stored_size = canonical.size;
+        let _guard = images.lock().await;
+        let committer = images.clone();
+        let allocated = tokio::task::spawn_blocking(move || committer.commit(canonical))
+            .await
+            .map_err(|e| StepError::Failed(e.to_string()))??;
+        let image = Image {
+            id: id.clone(),
+            name: format!("{}.qcow2", params.name),
+            kind: ImageKind::Disk,
+            format: slipway_core::resources::ImageFormat::Qcow2,
+            source_format: slipway_core::resources::ImageFormat::Raw,
+            source_sha256: None,
+            virtual_size: Some(size),
+            stored_size,
+            allocated_size: allocated,
+            created_at: Timestamp::now(),
+        };
+        let (image, added) = inner.store.insert_image(&image).await?;
+        if added {
+            inner
+                .events
+                .notify(
+                    "image",
+                    &image.id,
+                    "created",
+                    serde_json::json!({ "name": image.name, "kind": image.kind }),
+                )
+                .await;
+        }
+        let mut disks = vec![image.id.clone()];
+        disks.extend(
+            model
+                .spec
+                .hardware
+                .disks
+                .iter()
+                .skip(1)
+                .filter_map(|d| d.image.clone()),
+        );
+        let staged = slipway_core::resources::StagedVm {
+            id: slipway_store::new_id(),
+            name: params.name.clone(),
+            model_vm: model.id.clone(),
+            model_revision: model.revision,
+            disks,
+            os: staging::found_os(&found.os),
+            first_boot: method,
+            plugin: format!(
+                "{}@{}",
+                found.plugin.name(),
+                found.plugin.manifest().version
+            ),
+            operations,
+            created_at: Timestamp::now(),
+        };
+        inner.store.insert_staged_vm(&staged).await?;
+        inner
+            .events
+            .notify(
+                "staged_vm",
+                &staged.id,
+                "created",
+                serde_json::json!({ "name": staged.name, "model_vm": model.id, "image": image.id }),
+            )
+            .await;
+        Ok(Done {
+            event: serde_json::json!({ "staged_vm": staged.id, "image": image.id }),
+            result: serde_json::to_value(&staged).unwrap_or_default(),
+        })
     }
 
     async fn import(&self, ctx: &mut JobCtx, params: ImportParams) -> Result<Image, StepError> {
@@ -479,6 +705,24 @@ impl Jobs {
         let count = unfinished.len();
         for job in unfinished {
             let step = job.steps.get(job.step).cloned().unwrap_or_default();
+            // Staging starts again from the model's image: its working directory went with the
+            // restart, and nothing was recorded before its last step.
+            if job.kind == crate::staging::STAGE
+                && let Ok(params) = serde_json::from_value::<StageParams>(job.params.clone())
+            {
+                tracing::info!(job = %job.id, step, "staging again after a restart");
+                self.inner
+                    .events
+                    .notify(
+                        "job",
+                        &job.id,
+                        "resumed",
+                        serde_json::json!({ "after_step": step }),
+                    )
+                    .await;
+                self.spawn(job, 0, Work::Stage(params));
+                continue;
+            }
             let params = (job.kind == IMAGE_IMPORT)
                 .then(|| serde_json::from_value::<ImportParams>(job.params.clone()).ok())
                 .flatten();

@@ -12,6 +12,7 @@ pub mod events;
 pub mod images;
 pub mod jobs;
 pub mod serve;
+pub mod staging;
 
 pub use serve::{App, Server};
 

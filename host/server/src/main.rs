@@ -34,6 +34,10 @@ enum Command {
     App(cmd::AppArgs),
     /// Model VMs in the catalog.
     Model(cmd::ModelArgs),
+    /// Stage a model VM: strip its identity and add first-boot software, in a new image.
+    Stage(cmd::staged::StageArgs),
+    /// Staged VMs.
+    Staged(cmd::staged::StagedArgs),
     /// Jobs: list, show, follow to the end.
     Job(cmd::JobArgs),
     /// Print the server's events as they happen, one JSON document per line.
@@ -95,6 +99,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Image(args) => cmd::image(args).await,
                     Command::App(args) => cmd::app(args).await,
                     Command::Model(args) => cmd::model(args).await,
+                    Command::Stage(args) => cmd::staged::stage(args).await,
+                    Command::Staged(args) => cmd::staged::staged(args).await,
                     Command::Job(args) => cmd::job(args).await,
                     Command::Events(args) => cmd::events(args).await,
                     Command::Plugin(args) => cmd::plugin(args).await,

@@ -15,7 +15,7 @@ use crate::api::{self, system::LoadedPlugin};
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::images::{ImageStore, Limits};
-use crate::jobs::Jobs;
+use crate::jobs::{Jobs, StagingConfig};
 
 /// Everything a request handler can reach.
 pub struct App {
@@ -73,10 +73,21 @@ impl App {
         }
         let (plugins, plugin_handles) = load_plugins(&config).await?;
         let events = EventBus::new(store.clone());
+        let staging = StagingConfig {
+            identity: plugin_handles
+                .iter()
+                .filter_map(|p| p.clone().into_identity())
+                .collect(),
+            guest_agent: config.guest_agent.clone(),
+            work_root: config.data_dir.join("work"),
+        };
+        // Working directories of jobs a crash interrupted.
+        let _ = std::fs::remove_dir_all(&staging.work_root);
         let jobs = Jobs::new(
             store.clone(),
             events.clone(),
             images.clone(),
+            staging,
             config.job_workers,
         );
         let app = Arc::new(App {

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use slipway_core::catalog::{ApplicationSpec, FieldError, ModelVmSpec};
 use slipway_core::resources::{
     Application, Event, Image, ImageFormat, ImageKind, Job, JobError, JobState, ModelVm, Page,
-    Role, Timestamp, Token,
+    Role, StagedVm, Timestamp, Token,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -124,7 +124,8 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-fn new_id() -> String {
+/// A new, time-ordered id (UUIDv7), as every record has.
+pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
@@ -310,7 +311,10 @@ impl Store {
                WHERE u.image_id = $1
              UNION ALL
              SELECT 'application ' || a.name || ' ' || a.version FROM application_artifacts u
-               JOIN applications a ON a.id = u.application_id WHERE u.image_id = $1",
+               JOIN applications a ON a.id = u.application_id WHERE u.image_id = $1
+             UNION ALL
+             SELECT 'staged VM ' || s.name FROM staged_vm_images u
+               JOIN staged_vms s ON s.id = u.staged_vm_id WHERE u.image_id = $1",
         )
         .bind(id)
         .fetch_all(&mut *tx)
@@ -602,15 +606,103 @@ impl Store {
     /// Deletes a model VM. Nothing depends on model VMs yet; staged VMs will (their issue adds the
     /// check here, before the delete).
     pub async fn delete_model_vm(&self, id_or_name: &str) -> Result<ModelVm> {
+        let mut tx = self.write_tx().await?;
+        let users = sqlx::query(
+            "SELECT 'staged VM ' || s.name FROM staged_vms s JOIN model_vms m ON m.id = s.model_vm_id
+             WHERE m.id = $1 OR m.name = $1 ORDER BY s.name",
+        )
+        .bind(id_or_name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                kind: "model VM",
+                id: id_or_name.to_owned(),
+                users: users.iter().map(|r| r.get::<String, _>(0)).collect(),
+            });
+        }
         let row = sqlx::query(
             "DELETE FROM model_vms WHERE id = $1 OR name = $1
              RETURNING id, spec, revision, created_at, updated_at",
         )
         .bind(id_or_name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| in_use_on_fk(e, "model VM", id_or_name))?;
-        found(row, "model VM", id_or_name, model_from_row)
+        let model = found(row, "model VM", id_or_name, model_from_row)?;
+        tx.commit().await?;
+        Ok(model)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Staged VMs
+
+    /// Records a staged VM; its id, name and creation time are the caller's.
+    pub async fn insert_staged_vm(&self, staged: &StagedVm) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO staged_vms (id, name, model_vm_id, model_revision, image_id, body, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&staged.id)
+        .bind(&staged.name)
+        .bind(&staged.model_vm)
+        .bind(to_i64(staged.model_revision))
+        .bind(staged.disks.first().map(String::as_str).unwrap_or_default())
+        .bind(json(staged))
+        .bind(staged.created_at.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| exists_on_unique(e, "staged VM", staged.name.clone()))?;
+        let mut disks = staged.disks.clone();
+        disks.sort();
+        disks.dedup();
+        for image in &disks {
+            sqlx::query("INSERT INTO staged_vm_images (staged_vm_id, image_id) VALUES ($1, $2)")
+                .bind(&staged.id)
+                .bind(image)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A staged VM by id or by name.
+    pub async fn staged_vm(&self, id_or_name: &str) -> Result<StagedVm> {
+        let row = sqlx::query("SELECT body FROM staged_vms WHERE id = $1 OR name = $1")
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        found(row, "staged VM", id_or_name, staged_from_row)
+    }
+
+    /// Staged VMs, optionally only those of one model VM (by id).
+    pub async fn list_staged_vms(
+        &self,
+        model_vm: Option<&str>,
+        request: &PageRequest,
+    ) -> Result<Page<StagedVm>> {
+        let rows = sqlx::query(
+            "SELECT body FROM staged_vms
+             WHERE ($1 IS NULL OR model_vm_id = $1) AND ($2 IS NULL OR id > $2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(model_vm)
+        .bind(&request.after)
+        .bind(request.limit() + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows.iter().map(staged_from_row).collect::<Result<_>>()?;
+        Ok(page(items, request, |s: &StagedVm| &s.id))
+    }
+
+    pub async fn delete_staged_vm(&self, id_or_name: &str) -> Result<StagedVm> {
+        let row = sqlx::query("DELETE FROM staged_vms WHERE id = $1 OR name = $1 RETURNING body")
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        found(row, "staged VM", id_or_name, staged_from_row)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1098,6 +1190,10 @@ struct CatalogRow<S> {
     revision: u64,
     created_at: Timestamp,
     updated_at: Timestamp,
+}
+
+fn staged_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<StagedVm> {
+    serde_json::from_str(r.get::<&str, _>(0)).map_err(|e| StoreError::Corrupt("staged VM", e))
 }
 
 fn catalog_row<S: serde::de::DeserializeOwned>(

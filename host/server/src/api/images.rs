@@ -97,7 +97,11 @@ fn check_upload_name(name: &str) -> Result<(), ApiError> {
 
 /// Answers for a job: at once (202, the job) or, with `wait`, at its end (201 and the job whose
 /// result is the image, or the job's failure as a problem).
-async fn job_response(app: &AppState, job: Job, wait: bool) -> Result<Response, ApiError> {
+pub(crate) async fn job_response(
+    app: &AppState,
+    job: Job,
+    wait: bool,
+) -> Result<Response, ApiError> {
     if !wait {
         let location = format!("/v1/jobs/{}", job.id);
         return Ok((

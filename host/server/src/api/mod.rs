@@ -14,6 +14,7 @@ mod catalog;
 mod error;
 mod images;
 mod jobs;
+mod staged;
 pub mod system;
 mod tokens;
 
@@ -108,6 +109,8 @@ fn routes(
             catalog::replace_model_vm,
             catalog::delete_model_vm
         ))
+        .routes(routes!(staged::list_staged_vms))
+        .routes(routes!(staged::get_staged_vm, staged::delete_staged_vm))
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(system::list_plugins))
@@ -125,6 +128,8 @@ fn routes(
     let streaming = OpenApiRouter::new()
         .routes(routes!(images::upload_image))
         .routes(routes!(images::import_image))
+        // With `wait=true` staging answers when the job ends, which outlasts the deadline.
+        .routes(routes!(staged::create_staged_vm))
         .routes(routes!(jobs::job_events))
         .routes(routes!(jobs::events));
     OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -1,6 +1,7 @@
 //! The client commands: each parses its arguments, calls the API, and prints a table or JSON.
 
 pub mod place;
+pub mod staged;
 
 use std::path::PathBuf;
 

@@ -4,4 +4,5 @@
 mod api;
 mod e2e;
 mod place;
+mod staging;
 mod support;
