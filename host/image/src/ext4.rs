@@ -956,7 +956,11 @@ impl Ext4 {
                     }
                     // Sized to the file: most files are small, and zeroing a 1 MiB buffer for
                     // each of them was a measurable part of staging.
-                    let mut buf = vec![0u8; inode.size.next_multiple_of(self.bs).clamp(self.bs, 1 << 20) as usize];
+                    let mut buf = vec![
+                        0u8;
+                        inode.size.next_multiple_of(self.bs).clamp(self.bs, 1 << 20)
+                            as usize
+                    ];
                     let chunk = buf.len() as u64 / self.bs;
                     for r in runs.iter().filter(|r| !r.unwritten) {
                         let mut done = 0;

@@ -309,6 +309,32 @@ fn to_dos(t: Time) -> fatfs::DateTime {
     }
 }
 
+std::thread_local! {
+    /// The time the next entry the writer creates should carry.
+    static STAMP: std::cell::Cell<Option<fatfs::DateTime>> = const { std::cell::Cell::new(None) };
+}
+
+/// fatfs stamps new entries with "now" from a provider; this one answers with the time of the
+/// entry being copied, so directories keep their times too.
+#[derive(Debug)]
+struct EntryTime;
+
+static ENTRY_TIME: EntryTime = EntryTime;
+
+impl fatfs::TimeProvider for EntryTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.get_current_date_time().date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        STAMP.with(|s| s.get()).unwrap_or_else(|| {
+            to_dos(Time {
+                sec: 315_532_800,
+                nsec: 0,
+            })
+        })
+    }
+}
+
 /// Formats `len` bytes at `start` of `disk` as FAT like `info` and copies `tree` into it.
 pub fn write(disk: &Path, start: u64, len: u64, info: &Info, tree: &Path) -> Result<()> {
     let file = Arc::new(
@@ -352,13 +378,16 @@ pub fn write(disk: &Path, start: u64, len: u64, info: &Info, tree: &Path) -> Res
         tool: "fatfs",
         detail: format!("formatting {at}: {e}"),
     })?;
-    let fs =
-        FileSystem::new(stream(), FsOptions::new().update_accessed_date(false)).map_err(|e| {
-            ImageError::Tool {
-                tool: "fatfs",
-                detail: format!("opening {at}: {e}"),
-            }
-        })?;
+    let fs = FileSystem::new(
+        stream(),
+        FsOptions::new()
+            .update_accessed_date(false)
+            .time_provider(&ENTRY_TIME),
+    )
+    .map_err(|e| ImageError::Tool {
+        tool: "fatfs",
+        detail: format!("opening {at}: {e}"),
+    })?;
     let full = |e: io::Error, what: &Path| -> ImageError {
         if e.kind() == io::ErrorKind::Other && e.to_string().contains("No space") {
             ImageError::TooLarge {
@@ -394,6 +423,11 @@ pub fn write(disk: &Path, start: u64, len: u64, info: &Info, tree: &Path) -> Res
             let md = e
                 .metadata()
                 .ctx(|| format!("reading {}", e.path().display()))?;
+            let stamp = to_dos(Time {
+                sec: md.mtime(),
+                nsec: md.mtime_nsec() as u32,
+            });
+            STAMP.with(|s| s.set(Some(stamp)));
             if md.is_dir() {
                 fs.root_dir()
                     .create_dir(&child)
@@ -406,14 +440,8 @@ pub fn write(disk: &Path, start: u64, len: u64, info: &Info, tree: &Path) -> Res
                     .map_err(|err| full(err, &e.path()))?;
                 let mut src =
                     File::open(e.path()).ctx(|| format!("opening {}", e.path().display()))?;
+                // Writing stamps the file with the provider's time: the source's.
                 io::copy(&mut src, &mut f).map_err(|err| full(err, &e.path()))?;
-                // Deprecated in favour of a clock provider, but a provider cannot give each file
-                // its own time; set after the data, which would overwrite it.
-                #[allow(deprecated)]
-                f.set_modified(to_dos(Time {
-                    sec: md.mtime(),
-                    nsec: md.mtime_nsec() as u32,
-                }));
                 f.flush().map_err(|err| full(err, &e.path()))?;
             } else {
                 return Err(ImageError::UnsafeEntry {
@@ -423,7 +451,7 @@ pub fn write(disk: &Path, start: u64, len: u64, info: &Info, tree: &Path) -> Res
             }
         }
     }
-    // Directory times are set once their entries exist (adding entries does not change them on FAT).
+    STAMP.with(|s| s.set(None));
     fs.unmount().map_err(|e| ImageError::Tool {
         tool: "fatfs",
         detail: format!("closing {at}: {e}"),

@@ -24,8 +24,15 @@ use slipway_test_artifacts as artifacts;
 
 fn script(args: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(root.join(args[0])).args(&args[1..]).output().expect("running a fixture script");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(root.join(args[0]))
+        .args(&args[1..])
+        .output()
+        .expect("running a fixture script");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -41,7 +48,9 @@ struct Run {
 
 fn slipway(image: &Path, plugin: &slipway_runtime::identity::IdentityPlugin) -> Run {
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    let work = Work { dir: dir.path().to_path_buf() };
+    let work = Work {
+        dir: dir.path().to_path_buf(),
+    };
     let os = slipway_core::catalog::OsSpec {
         family: slipway_core::catalog::OsFamily::Linux,
         distro: "debian".into(),
@@ -60,7 +69,13 @@ fn slipway(image: &Path, plugin: &slipway_runtime::identity::IdentityPlugin) -> 
     lap("inspect", &mut steps);
     let ops = staging::strip(&work, &layout, &found).unwrap();
     lap("strip", &mut steps);
-    let (_, wired) = staging::first_boot(&work, &layout, &found, Some(Path::new(artifacts::GUEST_AGENT))).unwrap();
+    let (_, wired) = staging::first_boot(
+        &work,
+        &layout,
+        &found,
+        Some(Path::new(artifacts::GUEST_AGENT)),
+    )
+    .unwrap();
     lap("first-boot", &mut steps);
     staging::write_image(&work, &layout, Sizing::Same).unwrap();
     lap("write-image", &mut steps);
@@ -95,7 +110,11 @@ fn virt_sysprep(image: &Path) -> (f64, Vec<String>) {
         .find_map(|l| l.strip_prefix("virt-sysprep-seconds: "))
         .and_then(|s| s.trim().parse().ok())
         .expect("virt-sysprep-seconds in the script's output");
-    let ops = out.lines().filter_map(|l| l.strip_prefix("operation: ")).map(str::to_owned).collect();
+    let ops = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("operation: "))
+        .map(str::to_owned)
+        .collect();
     (seconds, ops)
 }
 
@@ -104,7 +123,10 @@ fn main() {
         eprintln!("the staging benchmark needs root (file owners and device nodes in the trees)");
         std::process::exit(1);
     }
-    let runs: usize = std::env::var("SLIPWAY_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("SLIPWAY_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let sysprep = std::env::var_os("SLIPWAY_BENCH_NO_SYSPREP").is_none();
     eprintln!("building (or reusing) the Debian fixture image...");
     let image = PathBuf::from(script(&["scripts/fixtures/debian-image"]).trim());
@@ -114,7 +136,11 @@ fn main() {
     }
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let package = PluginPackage::read(Path::new(artifacts::IDENTITY_LINUX.dir)).unwrap();
-    let plugin = runtime.load(package.manifest, &package.component).unwrap().into_identity().unwrap();
+    let plugin = runtime
+        .load(package.manifest, &package.component)
+        .unwrap()
+        .into_identity()
+        .unwrap();
 
     // One warm-up of each: page cache, the compiled plugin, libguestfs's appliance.
     let warm = slipway(&image, &plugin);
@@ -140,7 +166,9 @@ fn main() {
         }
     }
     let image_mib = std::fs::metadata(&image).unwrap().len() >> 20;
-    println!("staging the debootstrapped Debian 12 image ({image_mib} MiB qcow2), median of {runs}:");
+    println!(
+        "staging the debootstrapped Debian 12 image ({image_mib} MiB qcow2), median of {runs}:"
+    );
     println!();
     println!("| step | seconds |");
     println!("|---|---|");
@@ -155,7 +183,11 @@ fn main() {
         println!();
         println!("slipway is {:.1}x faster than virt-sysprep", theirs / ours);
         println!();
-        println!("virt-sysprep ran {} operations: {}", their_ops.len(), their_ops.join(", "));
+        println!(
+            "virt-sysprep ran {} operations: {}",
+            their_ops.len(),
+            their_ops.join(", ")
+        );
     }
     println!();
     println!("slipway changed: {}", warm.operations.join(", "));

@@ -364,6 +364,7 @@ fn serve_help_documents_every_option_with_its_variable() {
         ("--request-timeout", "SLIPWAY_REQUEST_TIMEOUT"),
         ("--upload-idle-timeout", "SLIPWAY_UPLOAD_IDLE_TIMEOUT"),
         ("--max-json-body", "SLIPWAY_MAX_JSON_BODY"),
+        ("--guest-agent", "SLIPWAY_GUEST_AGENT"),
     ] {
         assert!(help.contains(flag), "{flag} undocumented");
         assert!(
@@ -372,7 +373,7 @@ fn serve_help_documents_every_option_with_its_variable() {
         );
     }
     // Every option has a sentence, not just a name.
-    assert_eq!(help.matches("[env: SLIPWAY_").count(), 15, "{help}");
+    assert_eq!(help.matches("[env: SLIPWAY_").count(), 16, "{help}");
 }
 
 #[test]

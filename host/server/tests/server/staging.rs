@@ -641,3 +641,137 @@ async fn staging_fails_at_the_step_that_cannot_go_on_and_leaves_nothing() {
     assert_eq!(t.get("/v1/staged-vms").await.body["items"], json!([]));
     no_leftovers(&t);
 }
+
+/// A real Debian bookworm (debootstrap, built once by `scripts/fixtures/debian-image` and cached),
+/// partitioned by sfdisk and formatted by mkfs.vfat and mke2fs: imported, staged, and compared
+/// file by file with the model. Everything the report does not name is identical.
+#[tokio::test]
+async fn a_debootstrapped_debian_is_staged_and_everything_not_reported_is_identical() {
+    if !root_or_skip() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new(root.join("scripts/fixtures/debian-image"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building the fixture: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let fixtures = image.parent().unwrap().to_path_buf();
+    let t = {
+        let plugins = tempfile::tempdir().unwrap().keep();
+        std::os::unix::fs::symlink(
+            artifacts::IDENTITY_LINUX.dir,
+            plugins.join("identity-linux"),
+        )
+        .unwrap();
+        TestApp::with(move |c| {
+            c.plugins = plugins;
+            c.guest_agent = Some(PathBuf::from(artifacts::GUEST_AGENT));
+            c.import_dirs = vec![fixtures];
+        })
+        .await
+    };
+    let imported = t
+        .call(
+            Method::POST,
+            "/v1/images/import?wait=true",
+            Some(&t.operator),
+            Some(json!({ "path": image, "name": "bookworm" })),
+        )
+        .await;
+    assert_eq!(imported.status, StatusCode::CREATED, "{}", imported.body);
+    let model_image = imported.body["result"]["id"].as_str().unwrap().to_owned();
+    let mut spec = model("bookworm", &model_image, "debian", "12");
+    spec["hardware"]["disks"][0]["size_mib"] = json!(2048);
+    assert_eq!(
+        t.post("/v1/model-vms", spec).await.status,
+        StatusCode::CREATED
+    );
+    let reply = t
+        .call(
+            Method::POST,
+            "/v1/staged-vms?wait=true",
+            Some(&t.operator),
+            Some(json!({ "model_vm": "bookworm" })),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let staged = &reply.body["result"];
+    assert_eq!(staged["os"]["init_system"], "systemd");
+    assert_eq!(staged["first_boot"], "slipway-firstboot");
+
+    let before = tempfile::tempdir().unwrap();
+    let after = tempfile::tempdir().unwrap();
+    let model_layout = open_staged(&t, &model_image, before.path());
+    let staged_layout = open_staged(&t, staged["disks"][0].as_str().unwrap(), after.path());
+    assert_eq!(
+        model_layout.table.scheme, staged_layout.table.scheme,
+        "the disk GUID is kept"
+    );
+    assert_eq!(model_layout.volumes.len(), 3, "ESP, BIOS boot, root");
+    for (m, s) in model_layout.volumes.iter().zip(&staged_layout.volumes) {
+        let (mp, sp) = (m.partition.as_ref().unwrap(), s.partition.as_ref().unwrap());
+        assert_eq!(
+            (mp.number, mp.ptype, mp.guid),
+            (sp.number, sp.ptype, sp.guid)
+        );
+    }
+
+    // Paths the report names, and the directories holding them (their times change).
+    let mut touched = std::collections::BTreeSet::new();
+    for op in staged["operations"].as_array().unwrap() {
+        for path in op["changed"].as_array().unwrap() {
+            let mut p = Path::new(path.as_str().unwrap());
+            touched.insert(p.display().to_string());
+            while let Some(parent) = p.parent() {
+                touched.insert(parent.display().to_string());
+                p = parent;
+            }
+        }
+    }
+    for (i, (m, s)) in model_layout
+        .volumes
+        .iter()
+        .zip(&staged_layout.volumes)
+        .enumerate()
+    {
+        let (Some(mt), Some(st)) = (m.tree(), s.tree()) else {
+            continue;
+        };
+        let a = slipway_image::tree::list(&before.path().join("trees").join(mt)).unwrap();
+        let b = slipway_image::tree::list(&after.path().join("trees").join(st)).unwrap();
+        let is_root = i == 2;
+        let keep = |l: &slipway_image::tree::Listing| -> slipway_image::tree::Listing {
+            l.iter()
+                .filter(|(p, _)| {
+                    !is_root
+                        || !touched
+                            .iter()
+                            .any(|t| p == &t || p.starts_with(&format!("{t}/")))
+                })
+                .map(|(p, e)| (p.clone(), e.clone()))
+                .collect()
+        };
+        let diff = slipway_image::tree::diff(&keep(&a), &keep(&b), false);
+        assert!(
+            diff.is_empty(),
+            "volume {i}: {} differences, first: {:#?}",
+            diff.len(),
+            &diff[..diff.len().min(5)]
+        );
+        if is_root {
+            assert!(a.len() > 5000, "a real tree: {} entries", a.len());
+            let cap = &b["usr/bin/ping"].xattrs;
+            assert!(
+                cap.contains_key("security.capability"),
+                "ping keeps its capability: {cap:?}"
+            );
+            assert_eq!(b["etc/machine-id"].size, 0);
+        }
+    }
+    no_leftovers(&t);
+}
