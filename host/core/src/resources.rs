@@ -348,12 +348,16 @@ pub struct FoundOs {
 pub struct StagedVm {
     pub id: String,
     pub name: String,
+    /// The job that made it.
+    pub job: String,
     /// The model VM it was staged from, and the revision of it that was staged.
     pub model_vm: String,
     pub model_revision: u64,
-    /// The images of its disks, in the model's order: the first is the new staged image, the
-    /// others are the model's own.
-    pub disks: Vec<String>,
+    /// The new image of its boot disk.
+    pub image: String,
+    /// The model's hardware, its boot disk now the staged image (and at least as large); other
+    /// disks as the model has them.
+    pub hardware: crate::catalog::HardwareConfig,
     pub os: FoundOs,
     /// How the guest finds its seed at first boot: `cloud-init` or `slipway-firstboot`.
     pub first_boot: String,

@@ -20,13 +20,14 @@ pub struct Extent {
 }
 
 impl Extent {
-    /// The whole raw disk in `path`.
+    /// The whole raw disk in `path`: a raw image file, or a block device (a physical disk being
+    /// converted), whose size only seeking to its end tells.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+        use std::io::{Seek, SeekFrom};
+        let mut file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
         let len = file
-            .metadata()
-            .ctx(|| format!("reading the size of {}", path.display()))?
-            .len();
+            .seek(SeekFrom::End(0))
+            .ctx(|| format!("reading the size of {}", path.display()))?;
         Ok(Self {
             file: Arc::new(file),
             start: 0,

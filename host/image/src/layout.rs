@@ -231,7 +231,7 @@ fn write_disk(layout: &Layout, work: &Path, out: &Path, sizing: Sizing) -> Resul
     for v in &layout.volumes {
         let size = match (&v.content, sizing) {
             (Content::Ext { info, tree }, Sizing::Fit { margin_mib }) => {
-                ext_needed(&work.join(tree), info)? + margin_mib * MIB
+                ext_needed(&work.join(tree), info)?.saturating_add(margin_mib.saturating_mul(MIB))
             }
             _ => v.size().next_multiple_of(MIB),
         };
@@ -243,9 +243,19 @@ fn write_disk(layout: &Layout, work: &Path, out: &Path, sizing: Sizing) -> Resul
         Scheme::Gpt { .. } => MIB,
         _ => 0,
     };
-    let used: u64 = first + sizes.iter().sum::<u64>() + tail;
+    let total = |sizes: &[u64]| {
+        sizes
+            .iter()
+            .try_fold(first + tail, |a, &b| a.checked_add(b))
+            .ok_or_else(|| {
+                ImageError::Invalid("the disk's partitions add up to more than 16 EiB".into())
+            })
+    };
+    let used = total(&sizes)?;
     if let Sizing::Disk { disk_mib } = sizing {
-        let target = disk_mib * MIB;
+        let target = disk_mib
+            .checked_mul(MIB)
+            .ok_or_else(|| ImageError::Invalid(format!("a disk of {disk_mib} MiB is too large")))?;
         let Some(last_ext) = layout
             .volumes
             .iter()
@@ -276,7 +286,7 @@ fn write_disk(layout: &Layout, work: &Path, out: &Path, sizing: Sizing) -> Resul
             sizes[last_ext] += target - used;
         }
     }
-    let disk_size = first + sizes.iter().sum::<u64>() + tail;
+    let disk_size = total(&sizes)?;
 
     // Partitions in their old order, each 1 MiB-aligned after the previous one.
     let mut order: Vec<usize> = (0..layout.volumes.len()).collect();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use slipway_core::resources::{Image, ImageKind, Job, JobError, JobState, Timestamp};
+use slipway_core::resources::{Image, ImageFormat, ImageKind, Job, JobError, JobState, Timestamp};
 use slipway_store::{NewJob, Store, StoreError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,8 @@ use crate::events::EventBus;
 use crate::images::{ImageError, ImageStore, Received};
 
 pub const IMAGE_IMPORT: &str = "image.import";
+/// Starts of one job before recovery gives up on it.
+const MAX_ATTEMPTS: u32 = 3;
 pub const IMAGE_UPLOAD: &str = "image.upload";
 pub const IMPORT_STEPS: &[&str] = &["copy", "inspect", "convert", "store"];
 pub const UPLOAD_STEPS: &[&str] = &["receive", "inspect", "convert", "store"];
@@ -142,7 +144,14 @@ impl From<ImageError> for StepError {
 
 impl From<StoreError> for StepError {
     fn from(e: StoreError) -> Self {
-        StepError::Failed(internal(&e))
+        match e {
+            // What the user can act on is said; the database's own failures stay in the log.
+            StoreError::NotFound { .. }
+            | StoreError::AlreadyExists { .. }
+            | StoreError::InUse { .. }
+            | StoreError::Gone(_) => StepError::Failed(e.to_string()),
+            _ => StepError::Failed(internal(&e)),
+        }
     }
 }
 
@@ -334,7 +343,8 @@ impl Jobs {
             cancel: inner.cancel.clone(),
         };
         let reporter = self.report_progress(&ctx.id, ctx.done.clone(), ctx.total.clone());
-        let resumable = job.kind == IMAGE_IMPORT;
+        // Both start again from their input: an import from its source, staging from the model.
+        let resumable = job.kind == IMAGE_IMPORT || job.kind == crate::staging::STAGE;
         let outcome = match work {
             Work::Import(params) => self.import(&mut ctx, params).await.map(Done::image),
             Work::StoreUpload { params, received } => self
@@ -430,6 +440,22 @@ impl Jobs {
     async fn stage(&self, ctx: &mut JobCtx, params: StageParams) -> Result<Done, StepError> {
         use crate::staging::{self, StageError, Work as Dir};
         let inner = &self.inner;
+        let staged_done = |staged: &slipway_core::resources::StagedVm| Done {
+            event: serde_json::json!({ "staged_vm": staged.id, "image": staged.image }),
+            result: serde_json::to_value(staged).unwrap_or_default(),
+        };
+        match inner.store.staged_vm(&params.name).await {
+            // A restart between recording and finishing: the work is done.
+            Ok(existing) if existing.job == ctx.id => return Ok(staged_done(&existing)),
+            Ok(_) => {
+                return Err(StepError::Failed(format!(
+                    "staged VM {} already exists",
+                    params.name
+                )));
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let model = inner.store.model_vm(&params.model_vm).await?;
         if model.revision != params.model_revision {
             return Err(StepError::Failed(format!(
@@ -449,13 +475,22 @@ impl Jobs {
                 model.spec.name
             )));
         };
+        if let Err(StoreError::NotFound { .. }) = inner.store.image(&boot).await {
+            return Err(StepError::Failed(format!(
+                "the boot image {boot} of model VM {} was deleted",
+                model.spec.name
+            )));
+        }
         std::fs::create_dir_all(&inner.staging.work_root)
             .map_err(|e| StepError::Failed(internal(&e)))?;
-        // Removed when this function returns, whatever happens: no tree outlives its job.
-        let work_dir = tempfile::Builder::new()
-            .prefix(&format!("stage-{}-", ctx.id))
-            .tempdir_in(&inner.staging.work_root)
-            .map_err(|e| StepError::Failed(internal(&e)))?;
+        // Removed when the last holder lets go: this future, or a blocking step still running
+        // after a shutdown dropped it. No tree outlives its job, and none vanishes under a step.
+        let work_dir = Arc::new(
+            tempfile::Builder::new()
+                .prefix(&format!("stage-{}-", ctx.id))
+                .tempdir_in(&inner.staging.work_root)
+                .map_err(|e| StepError::Failed(internal(&e)))?,
+        );
         let work = Arc::new(Dir {
             dir: work_dir.path().to_path_buf(),
         });
@@ -466,17 +501,23 @@ impl Jobs {
             ) => StepError::Failed(internal(&e)),
             other => StepError::Failed(other.to_string()),
         };
+        /// Runs a step on the blocking pool, holding the working directory until it ends.
         async fn blocking<T: Send + 'static>(
+            hold: Arc<tempfile::TempDir>,
             f: impl FnOnce() -> Result<T, StageError> + Send + 'static,
         ) -> Result<Result<T, StageError>, StepError> {
-            tokio::task::spawn_blocking(f)
-                .await
-                .map_err(|e| StepError::Failed(internal(&e)))
+            tokio::task::spawn_blocking(move || {
+                let out = f();
+                drop(hold);
+                out
+            })
+            .await
+            .map_err(|e| StepError::Failed(internal(&e)))
         }
 
         ctx.enter(0).await?;
         let w = work.clone();
-        let layout = blocking(move || staging::copy_out(&w, &blob))
+        let layout = blocking(work_dir.clone(), move || staging::copy_out(&w, &blob))
             .await?
             .map_err(fail)?;
         let layout = Arc::new(layout);
@@ -488,15 +529,16 @@ impl Jobs {
             inner.staging.identity.clone(),
             model.spec.os.clone(),
         );
-        let found = Arc::new(
-            blocking(move || staging::inspect(&w, &l, &plugins, &os))
-                .await?
-                .map_err(fail)?,
-        );
+        let found = blocking(work_dir.clone(), move || {
+            staging::inspect(&w, &l, &plugins, &os)
+        })
+        .await?
+        .map_err(fail)?;
+        let found = Arc::new(found);
 
         ctx.enter(2).await?;
         let (w, l, f) = (work.clone(), layout.clone(), found.clone());
-        let mut operations = blocking(move || staging::strip(&w, &l, &f))
+        let mut operations = blocking(work_dir.clone(), move || staging::strip(&w, &l, &f))
             .await?
             .map_err(fail)?;
 
@@ -507,16 +549,20 @@ impl Jobs {
             found.clone(),
             inner.staging.guest_agent.clone(),
         );
-        let (method, wired) = blocking(move || staging::first_boot(&w, &l, &f, agent.as_deref()))
-            .await?
-            .map_err(fail)?;
+        let (method, wired) = blocking(work_dir.clone(), move || {
+            staging::first_boot(&w, &l, &f, agent.as_deref())
+        })
+        .await?
+        .map_err(fail)?;
         operations.extend(wired);
 
         ctx.enter(4).await?;
         let (w, l, sizing) = (work.clone(), layout.clone(), params.sizing);
-        blocking(move || staging::write_image(&w, &l, sizing))
-            .await?
-            .map_err(fail)?;
+        blocking(work_dir.clone(), move || {
+            staging::write_image(&w, &l, sizing)
+        })
+        .await?
+        .map_err(fail)?;
 
         ctx.enter(5).await?;
         let images = &inner.images;
@@ -533,7 +579,7 @@ impl Jobs {
             size,
         };
         let inspected = crate::images::Inspected {
-            format: slipway_core::resources::ImageFormat::Raw,
+            format: ImageFormat::Raw,
             virtual_size: Some(size),
         };
         let canonical = images
@@ -542,6 +588,17 @@ impl Jobs {
         let id = canonical.sha256.clone();
         let stored_size = canonical.size;
         let _guard = images.lock().await;
+        let existed = match inner.store.image(&id).await {
+            Ok(existing) if existing.kind != ImageKind::Disk => {
+                return Err(StepError::Failed(format!(
+                    "the staged image's bytes are already stored as artifact {}",
+                    existing.id
+                )));
+            }
+            Ok(_) => true,
+            Err(StoreError::NotFound { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
         let committer = images.clone();
         let allocated = tokio::task::spawn_blocking(move || committer.commit(canonical))
             .await
@@ -550,15 +607,47 @@ impl Jobs {
             id: id.clone(),
             name: format!("{}.qcow2", params.name),
             kind: ImageKind::Disk,
-            format: slipway_core::resources::ImageFormat::Qcow2,
-            source_format: slipway_core::resources::ImageFormat::Raw,
+            format: ImageFormat::Qcow2,
+            source_format: ImageFormat::Raw,
             source_sha256: None,
             virtual_size: Some(size),
             stored_size,
             allocated_size: allocated,
             created_at: Timestamp::now(),
         };
-        let (image, added) = inner.store.insert_image(&image).await?;
+        let mut hardware = model.spec.hardware.clone();
+        if let Some(disk) = hardware.disks.first_mut() {
+            disk.image = Some(image.id.clone());
+            disk.size_mib = disk.size_mib.max(size.div_ceil(1 << 20));
+        }
+        let staged = slipway_core::resources::StagedVm {
+            id: slipway_store::new_id(),
+            name: params.name.clone(),
+            job: ctx.id.clone(),
+            model_vm: model.id.clone(),
+            model_revision: model.revision,
+            image: image.id.clone(),
+            hardware,
+            os: staging::found_os(&found.os),
+            first_boot: method,
+            plugin: format!(
+                "{}@{}",
+                found.plugin.name(),
+                found.plugin.manifest().version
+            ),
+            operations,
+            created_at: Timestamp::now(),
+        };
+        let added = match inner.store.insert_staged_vm(&image, &staged).await {
+            Ok(added) => added,
+            Err(e) => {
+                // Nothing names the new blob: it goes, so that a failed job leaves no image.
+                if !existed {
+                    let _ = images.remove(&id);
+                }
+                return Err(e.into());
+            }
+        };
         if added {
             inner
                 .events
@@ -570,33 +659,6 @@ impl Jobs {
                 )
                 .await;
         }
-        let mut disks = vec![image.id.clone()];
-        disks.extend(
-            model
-                .spec
-                .hardware
-                .disks
-                .iter()
-                .skip(1)
-                .filter_map(|d| d.image.clone()),
-        );
-        let staged = slipway_core::resources::StagedVm {
-            id: slipway_store::new_id(),
-            name: params.name.clone(),
-            model_vm: model.id.clone(),
-            model_revision: model.revision,
-            disks,
-            os: staging::found_os(&found.os),
-            first_boot: method,
-            plugin: format!(
-                "{}@{}",
-                found.plugin.name(),
-                found.plugin.manifest().version
-            ),
-            operations,
-            created_at: Timestamp::now(),
-        };
-        inner.store.insert_staged_vm(&staged).await?;
         inner
             .events
             .notify(
@@ -606,10 +668,7 @@ impl Jobs {
                 serde_json::json!({ "name": staged.name, "model_vm": model.id, "image": image.id }),
             )
             .await;
-        Ok(Done {
-            event: serde_json::json!({ "staged_vm": staged.id, "image": image.id }),
-            result: serde_json::to_value(&staged).unwrap_or_default(),
-        })
+        Ok(staged_done(&staged))
     }
 
     async fn import(&self, ctx: &mut JobCtx, params: ImportParams) -> Result<Image, StepError> {
@@ -705,6 +764,20 @@ impl Jobs {
         let count = unfinished.len();
         for job in unfinished {
             let step = job.steps.get(job.step).cloned().unwrap_or_default();
+            // A job that keeps dying with the server (a hostile image that exhausts memory, say)
+            // must not take it down at every start.
+            if job.attempts >= MAX_ATTEMPTS {
+                self.fail(
+                    &job.id,
+                    &step,
+                    format!(
+                        "gave up after {} attempts, each interrupted by a server restart",
+                        job.attempts
+                    ),
+                )
+                .await?;
+                continue;
+            }
             // Staging starts again from the model's image: its working directory went with the
             // restart, and nothing was recorded before its last step.
             if job.kind == crate::staging::STAGE

@@ -73,6 +73,11 @@ impl App {
         }
         let (plugins, plugin_handles) = load_plugins(&config).await?;
         let events = EventBus::new(store.clone());
+        // A first-boot agent that cannot be installed is found now, not at the first staging.
+        if let Some(agent) = &config.guest_agent {
+            crate::staging::elf_arch(agent)
+                .map_err(|e| anyhow::anyhow!("the first-boot agent {}: {e}", agent.display()))?;
+        }
         let staging = StagingConfig {
             identity: plugin_handles
                 .iter()

@@ -84,11 +84,27 @@ pub struct Found {
     pub os: OsInfo,
 }
 
+/// Whether `rel` exists in `tree` through real directories only: the tree is the guest's, and an
+/// `etc` that links to the host's `/etc` must not make the host's files count.
+fn exists_inside(tree: &Path, rel: &str) -> bool {
+    let mut at = tree.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        match at.symlink_metadata() {
+            Ok(md) if i + 1 == parts.len() => return md.is_file() || md.is_symlink(),
+            Ok(md) if md.is_dir() => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn root_volume(layout: &Layout, trees: &Path) -> Option<usize> {
     layout.volumes.iter().position(|v| match &v.content {
         Content::Ext { tree, .. } => ["etc/os-release", "usr/lib/os-release"]
             .iter()
-            .any(|f| trees.join(tree).join(f).symlink_metadata().is_ok()),
+            .any(|f| exists_inside(&trees.join(tree), f)),
         _ => false,
     })
 }
@@ -195,7 +211,19 @@ pub fn first_boot(
     let cloud_init = slipway_guest::has_cloud_init(&tree).map_err(fail)?;
     let agent = match (cloud_init, agent) {
         (true, _) => AgentBinary::Bytes(Vec::new()),
-        (false, Some(path)) => AgentBinary::Path(path.to_path_buf()),
+        (false, Some(path)) => {
+            let built_for = elf_arch(path).map_err(|e| {
+                StageError::FirstBoot(format!("the server's first-boot agent cannot be read: {e}"))
+            })?;
+            if built_for != found.os.arch {
+                return Err(StageError::FirstBoot(format!(
+                    "the guest is {} but the server's first-boot agent is built for {}",
+                    arch_name(found.os.arch),
+                    arch_name(built_for)
+                )));
+            }
+            AgentBinary::Path(path.to_path_buf())
+        }
         (false, None) => {
             return Err(StageError::FirstBoot(
                 "the guest has no cloud-init and the server has no first-boot agent to install (start it with --guest-agent)".into(),
@@ -239,6 +267,26 @@ pub fn write_image(work: &Work, layout: &Layout, sizing: Sizing) -> Result<Layou
         &work.staged(),
         sizing,
     )?)
+}
+
+/// The instruction set an ELF executable is built for.
+pub fn elf_arch(path: &Path) -> std::io::Result<Arch> {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    std::fs::File::open(path)?.read_exact(&mut header)?;
+    if &header[..4] != b"\x7fELF" {
+        return Err(std::io::Error::other("not an ELF executable"));
+    }
+    match u16::from_le_bytes([header[18], header[19]]) {
+        0x3e => Ok(Arch::X8664),
+        0xb7 => Ok(Arch::Aarch64),
+        0xf3 => Ok(Arch::Riscv64),
+        0x15 => Ok(Arch::Ppc64le),
+        0x16 => Ok(Arch::S390x),
+        other => Err(std::io::Error::other(format!(
+            "an ELF executable for machine {other:#x}"
+        ))),
+    }
 }
 
 pub fn arch_name(a: Arch) -> String {

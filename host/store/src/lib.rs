@@ -45,6 +45,9 @@ pub enum StoreError {
     /// The body refers to things that do not exist; each with the field that names it.
     #[error("the body refers to things that do not exist")]
     Dangling(Vec<FieldError>),
+    /// Something a long operation started from was deleted before it could be recorded.
+    #[error("{0}")]
+    Gone(String),
     #[error("{kind} {id} is at revision {actual}, not {expected}")]
     StaleRevision {
         kind: &'static str,
@@ -637,9 +640,30 @@ impl Store {
     // ---------------------------------------------------------------------------------------
     // Staged VMs
 
-    /// Records a staged VM; its id, name and creation time are the caller's.
-    pub async fn insert_staged_vm(&self, staged: &StagedVm) -> Result<()> {
+    /// Records a staged VM together with its new image, in one transaction: either both are
+    /// recorded or neither. Returns whether the image record is new.
+    pub async fn insert_staged_vm(&self, image: &Image, staged: &StagedVm) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        let added = sqlx::query(
+            "INSERT INTO images (id, name, kind, format, source_format, source_sha256, virtual_size,
+                                 stored_size, allocated_size, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&image.id)
+        .bind(&image.name)
+        .bind(image.kind.as_str())
+        .bind(image.format.as_str())
+        .bind(image.source_format.as_str())
+        .bind(&image.source_sha256)
+        .bind(image.virtual_size.map(to_i64))
+        .bind(to_i64(image.stored_size))
+        .bind(to_i64(image.allocated_size))
+        .bind(image.created_at.0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
         sqlx::query(
             "INSERT INTO staged_vms (id, name, model_vm_id, model_revision, image_id, body, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -648,24 +672,33 @@ impl Store {
         .bind(&staged.name)
         .bind(&staged.model_vm)
         .bind(to_i64(staged.model_revision))
-        .bind(staged.disks.first().map(String::as_str).unwrap_or_default())
+        .bind(&staged.image)
         .bind(json(staged))
         .bind(staged.created_at.0)
         .execute(&mut *tx)
         .await
-        .map_err(|e| exists_on_unique(e, "staged VM", staged.name.clone()))?;
-        let mut disks = staged.disks.clone();
-        disks.sort();
+        .map_err(|e| staged_refs(e, staged))?;
+        let mut disks: Vec<&str> = std::iter::once(staged.image.as_str())
+            .chain(
+                staged
+                    .hardware
+                    .disks
+                    .iter()
+                    .filter_map(|d| d.image.as_deref()),
+            )
+            .collect();
+        disks.sort_unstable();
         disks.dedup();
-        for image in &disks {
+        for image in disks {
             sqlx::query("INSERT INTO staged_vm_images (staged_vm_id, image_id) VALUES ($1, $2)")
                 .bind(&staged.id)
                 .bind(image)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| staged_refs(e, staged))?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(added)
     }
 
     /// A staged VM by id or by name.
@@ -983,6 +1016,17 @@ fn exists_on_unique(e: sqlx::Error, kind: &'static str, name: String) -> StoreEr
         StoreError::AlreadyExists { kind, name }
     } else {
         e.into()
+    }
+}
+
+/// A staged VM's insert: its name taken meanwhile, or its model or an image deleted meanwhile.
+fn staged_refs(e: sqlx::Error, staged: &StagedVm) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::Gone(format!(
+            "model VM {} or one of its images was deleted while it was being staged",
+            staged.model_vm
+        )),
+        _ => exists_on_unique(e, "staged VM", staged.name.clone()),
     }
 }
 

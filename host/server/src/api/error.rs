@@ -276,7 +276,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             StoreError::AlreadyExists { .. } => ApiError::AlreadyExists(e.to_string()),
-            StoreError::InUse { .. } => ApiError::InUse(e.to_string()),
+            StoreError::InUse { .. } | StoreError::Gone(_) => ApiError::InUse(e.to_string()),
             StoreError::StaleRevision { .. } => ApiError::StaleRevision(e.to_string()),
             StoreError::Dangling(errors) => ApiError::invalid(errors),
             other => ApiError::internal(other),

@@ -79,6 +79,19 @@ pub async fn create_staged_vm(
             ),
         ));
     }
+    // No larger than an image the store would accept.
+    let max_mib = app.config.max_virtual_size >> 20;
+    for (field, value) in [
+        ("fit_margin_mib", body.fit_margin_mib),
+        ("disk_mib", body.disk_mib),
+    ] {
+        if value.is_some_and(|v| v > max_mib) {
+            errors.push(FieldError::new(
+                field,
+                format!("must be at most {max_mib} (the image store's limit)"),
+            ));
+        }
+    }
     let sizing = match (body.fit_margin_mib, body.disk_mib) {
         (None, None) => Sizing::Same,
         (Some(margin_mib), None) => Sizing::Fit { margin_mib },

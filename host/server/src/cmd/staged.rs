@@ -60,10 +60,7 @@ fn rows(staged: &[StagedVm]) -> Vec<Vec<String>> {
                     s.os.distro, s.os.version, s.os.arch, s.os.init_system
                 ),
                 s.first_boot.clone(),
-                s.disks
-                    .first()
-                    .map(|d| d.chars().take(12).collect())
-                    .unwrap_or_default(),
+                s.image.chars().take(12).collect(),
                 s.operations.len().to_string(),
             ]
         })
@@ -160,7 +157,7 @@ pub async fn staged(args: StagedArgs) -> anyhow::Result<()> {
             }
             println!(
                 "deleted staged VM {} ({}); its image {} stays until deleted",
-                s.name, s.id, s.disks[0]
+                s.name, s.id, s.image
             );
             Ok(())
         }

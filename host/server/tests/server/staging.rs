@@ -369,7 +369,7 @@ async fn a_debian_model_is_stripped_and_gets_the_first_boot_agent_for_systemd() 
     );
 
     // The staged image: a new image, the model's identity gone, the rest intact.
-    let image = staged["disks"][0].as_str().unwrap();
+    let image = staged["image"].as_str().unwrap();
     let out = tempfile::tempdir().unwrap();
     let layout = open_staged(&t, image, out.path());
     let Content::Ext { info, tree } = &layout.volumes[1].content else {
@@ -500,7 +500,7 @@ async fn a_model_with_cloud_init_is_pointed_at_the_nocloud_seed_and_an_alpine_on
     let out = tempfile::tempdir().unwrap();
     let layout = open_staged(
         &t,
-        reply.body["result"]["disks"][0].as_str().unwrap(),
+        reply.body["result"]["image"].as_str().unwrap(),
         out.path(),
     );
     let root = out
@@ -526,7 +526,7 @@ async fn a_model_with_cloud_init_is_pointed_at_the_nocloud_seed_and_an_alpine_on
     let out = tempfile::tempdir().unwrap();
     let layout = open_staged(
         &t,
-        reply.body["result"]["disks"][0].as_str().unwrap(),
+        reply.body["result"]["image"].as_str().unwrap(),
         out.path(),
     );
     let root = out
@@ -583,6 +583,53 @@ async fn staging_fails_at_the_step_that_cannot_go_on_and_leaves_nothing() {
         detail.contains("ubuntu") && detail.contains("debian"),
         "{detail}"
     );
+
+    // An `etc` that links to the host's: the host's os-release must not make it a root.
+    let work = tempfile::tempdir().unwrap();
+    let qcow2 = disk(work.path(), |r| symlink("/etc", r.join("etc")).unwrap());
+    let reply = stage(&t, "host-etc", &qcow2, "debian", "12").await;
+    assert!(
+        failed(&reply, "inspect").contains("os-release"),
+        "{}",
+        reply.body
+    );
+
+    // A disk too small for the tree: refused when the image is written, and no image stays.
+    let images_before = t.get("/v1/images").await.body["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let blobs_before = t.blobs().len();
+    let work = tempfile::tempdir().unwrap();
+    let qcow2 = disk(work.path(), |r| debian(r, false));
+    let image = t.upload_ok("tiny", &qcow2).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    t.post("/v1/model-vms", model("tiny", &image, "debian", "12"))
+        .await;
+    let reply = t
+        .call(
+            Method::POST,
+            "/v1/staged-vms?wait=true",
+            Some(&t.operator),
+            Some(json!({ "model_vm": "tiny", "disk_mib": 40 })),
+        )
+        .await;
+    assert!(
+        failed(&reply, "write-image").contains("MiB"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        t.get("/v1/images").await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        images_before + 1,
+        "only the model's image"
+    );
+    assert_eq!(t.blobs().len(), blobs_before + 1);
 
     // A disk of noise: no partition table, no file system.
     let raw = raw_disk(t.dir.path(), "noise.raw", 4, 7);
@@ -707,7 +754,7 @@ async fn a_debootstrapped_debian_is_staged_and_everything_not_reported_is_identi
     let before = tempfile::tempdir().unwrap();
     let after = tempfile::tempdir().unwrap();
     let model_layout = open_staged(&t, &model_image, before.path());
-    let staged_layout = open_staged(&t, staged["disks"][0].as_str().unwrap(), after.path());
+    let staged_layout = open_staged(&t, staged["image"].as_str().unwrap(), after.path());
     assert_eq!(
         model_layout.table.scheme, staged_layout.table.scheme,
         "the disk GUID is kept"
