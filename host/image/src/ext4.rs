@@ -25,6 +25,9 @@ const MAX_DEPTH: usize = 1024;
 const MAX_DIR_ENTRIES: usize = 4 << 20;
 const MAX_XATTR_VALUE: usize = 64 << 10;
 const MAX_SYMLINK: u64 = 4096;
+/// Runs of blocks in one file: far more fragments than any real file has.
+const MAX_RUNS: usize = 4 << 20;
+const EA_INODE_FL: u32 = 0x20_0000;
 
 // Feature bits (lib/ext2fs/ext2_fs.h).
 const COMPAT_HAS_JOURNAL: u32 = 0x4;
@@ -121,6 +124,10 @@ pub struct Ext4 {
     inodes_per_group: u32,
     inode_tables: Vec<u64>,
     ro_compat: u32,
+    /// Blocks mapped so far (data and the index or indirect blocks that map them). In a sound
+    /// file system every block belongs to one file, so this never exceeds its size; a hostile one
+    /// that maps the same blocks again and again is stopped here, in time and in memory.
+    mapped: std::cell::Cell<u64>,
 }
 
 /// One inode, as much of it as copying needs.
@@ -252,7 +259,7 @@ impl Ext4 {
                 part.len()
             )));
         }
-        if blocks_per_group == 0
+        if blocks_per_group < 256
             || blocks_per_group > 8 * bs
             || inodes_per_group == 0
             || u64::from(inodes_per_group) > 8 * bs
@@ -360,6 +367,7 @@ impl Ext4 {
             inodes_per_group,
             inode_tables,
             ro_compat,
+            mapped: std::cell::Cell::new(0),
         })
     }
 
@@ -423,6 +431,19 @@ impl Ext4 {
     }
 
     /// The runs of blocks a file maps, checked to lie inside the file system.
+    /// Counts `n` more mapped blocks against the file system's size.
+    fn account(&self, inode: &Inode, n: u64) -> Result<()> {
+        let total = self.mapped.get().saturating_add(n);
+        self.mapped.set(total);
+        if total > self.info.blocks.saturating_mul(2) {
+            return Err(self.corrupt(format!(
+                "inode {} maps blocks that other files map too (more blocks mapped than the file system has)",
+                inode.ino
+            )));
+        }
+        Ok(())
+    }
+
     fn runs(&self, inode: &Inode) -> Result<Vec<Run>> {
         let nblocks = inode.size.div_ceil(self.bs);
         let mut runs = Vec::new();
@@ -476,6 +497,12 @@ impl Ext4 {
                     (len, false)
                 };
                 let physical = u64::from(le16(e, 6)) << 32 | u64::from(le32(e, 8));
+                self.account(inode, len.max(1))?;
+                if runs.len() >= MAX_RUNS {
+                    return Err(
+                        self.corrupt(format!("inode {}: more than {MAX_RUNS} extents", inode.ino))
+                    );
+                }
                 if len > 0 {
                     runs.push(Run {
                         logical: u64::from(le32(e, 0)),
@@ -483,11 +510,6 @@ impl Ext4 {
                         len,
                         unwritten,
                     });
-                }
-                if runs.len() as u64 > self.info.blocks {
-                    return Err(
-                        self.corrupt(format!("inode {}: more extents than blocks", inode.ino))
-                    );
                 }
             } else {
                 let leaf = u64::from(le16(e, 8)) << 32 | u64::from(le32(e, 4));
@@ -497,8 +519,9 @@ impl Ext4 {
                         inode.ino
                     )));
                 }
+                self.account(inode, 1)?;
                 let child = self.part.read_vec(leaf * self.bs, self.bs as usize)?;
-                if le16(&child, 6) + 1 != depth {
+                if u32::from(le16(&child, 6)) + 1 != u32::from(depth) {
                     return Err(self.corrupt(format!(
                         "inode {}: extent tree depth is inconsistent",
                         inode.ino
@@ -512,16 +535,23 @@ impl Ext4 {
 
     /// ext2/3 block maps: 12 direct blocks, then single, double and triple indirect blocks.
     fn indirect(&self, inode: &Inode, nblocks: u64, runs: &mut Vec<Run>) -> Result<()> {
-        let mut push = |logical: u64, physical: u64| {
+        let mut push = |logical: u64, physical: u64| -> Result<()> {
             if physical == 0 {
-                return;
+                return Ok(());
             }
+            self.account(inode, 1)?;
             if let Some(last) = runs.last_mut()
                 && last.logical + last.len == logical
                 && last.physical + last.len == physical
             {
                 last.len += 1;
-                return;
+                return Ok(());
+            }
+            if runs.len() >= MAX_RUNS {
+                return Err(self.corrupt(format!(
+                    "inode {}: more than {MAX_RUNS} fragments",
+                    inode.ino
+                )));
             }
             runs.push(Run {
                 logical,
@@ -529,13 +559,14 @@ impl Ext4 {
                 len: 1,
                 unwritten: false,
             });
+            Ok(())
         };
         let direct: Vec<u64> = (0..15)
             .map(|i| u64::from(le32(&inode.block, i * 4)))
             .collect();
         for (i, &b) in direct.iter().take(12).enumerate() {
             if (i as u64) < nblocks {
-                push(i as u64, b);
+                push(i as u64, b)?;
             }
         }
         let per = self.bs / 4;
@@ -560,8 +591,9 @@ impl Ext4 {
         level: u32,
         first: u64,
         nblocks: u64,
-        push: &mut impl FnMut(u64, u64),
+        push: &mut impl FnMut(u64, u64) -> Result<()>,
     ) -> Result<()> {
+        self.account(inode, 1)?;
         if block >= self.info.blocks {
             return Err(self.corrupt(format!(
                 "inode {}: indirect block {block} is outside the file system",
@@ -581,7 +613,7 @@ impl Ext4 {
                 continue;
             }
             if level == 0 {
-                push(logical, b);
+                push(logical, b)?;
             } else {
                 self.walk_indirect(inode, b, level - 1, logical, nblocks, push)?;
             }
@@ -698,6 +730,16 @@ impl Ext4 {
             }
             let value = if inum != 0 {
                 let vi = self.inode(inum)?;
+                // A value inode is marked as one and holds its value in blocks; anything else
+                // (an inline inode naming itself, say) would loop.
+                if vi.flags & EA_INODE_FL == 0
+                    || vi.flags & INLINE_DATA_FL != 0
+                    || inum == inode.ino
+                {
+                    return Err(bad(&format!(
+                        "value names inode {inum}, which is not an attribute value inode"
+                    )));
+                }
                 self.read_small(&vi, size as u64)?
             } else {
                 base.get(offs..offs + size)
@@ -769,7 +811,13 @@ impl Ext4 {
             let mut at = 0usize;
             while at + 8 <= block.len() {
                 let ino = le32(block, at);
-                let rec_len = le16(block, at + 4) as usize;
+                // 64 KiB blocks keep bits 16-17 of the length in its low bits (rec_len_from_disk).
+                let raw = le16(block, at + 4) as usize;
+                let rec_len = if block.len() >= 65536 && (raw == 0 || raw == 65535) {
+                    block.len()
+                } else {
+                    (raw & 65532) | ((raw & 3) << 16)
+                };
                 let rec_len = if rec_len == 0 && block.len() == 65536 {
                     65536
                 } else {
@@ -875,9 +923,13 @@ impl Ext4 {
         }
         sink.set_root(&self.meta(&root)?)?;
         let mut visited = HashSet::from([ROOT_INO]);
-        let mut stack: Vec<(Inode, Dir, usize)> = vec![(root, sink.root(), 0)];
+        let mut stack: Vec<(Inode, Entered, usize)> = vec![(root, Entered::Open(sink.root()), 0)];
         let first_ino = 11u32;
         while let Some((dir, host_dir, depth)) = stack.pop() {
+            let host_dir = match host_dir {
+                Entered::Open(d) => d,
+                Entered::Pending(p) => sink.enter(p)?,
+            };
             if depth > MAX_DEPTH {
                 return Err(self.corrupt(format!(
                     "directories nest deeper than {MAX_DEPTH} at {}",
@@ -907,7 +959,7 @@ impl Ext4 {
                         });
                     }
                     let child = sink.mkdir(&host_dir, &name, &self.meta(&inode)?)?;
-                    stack.push((inode, child, depth + 1));
+                    stack.push((inode, Entered::Pending(child), depth + 1));
                     continue;
                 }
                 if inode.links > 1
@@ -958,8 +1010,11 @@ impl Ext4 {
                     // each of them was a measurable part of staging.
                     let mut buf = vec![
                         0u8;
-                        inode.size.next_multiple_of(self.bs).clamp(self.bs, 1 << 20)
-                            as usize
+                        inode
+                            .size
+                            .min(1 << 20)
+                            .next_multiple_of(self.bs)
+                            .clamp(self.bs, 1 << 20) as usize
                     ];
                     let chunk = buf.len() as u64 / self.bs;
                     for r in runs.iter().filter(|r| !r.unwritten) {
@@ -1008,6 +1063,12 @@ impl Ext4 {
             other => Err(self.corrupt(format!("inode {} has file type {other:#o}", inode.ino))),
         }
     }
+}
+
+/// A directory of the walk: the root, open, or one created and entered when its turn comes.
+enum Entered {
+    Open(Dir),
+    Pending(crate::tree::Pending),
 }
 
 fn corrupt(part: &Extent, detail: impl Into<String>) -> ImageError {

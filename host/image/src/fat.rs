@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk::Extent;
 use crate::error::{ImageError, IoContext, Result};
-use crate::tree::{Counts, Dir, Meta, Sink, Time};
+use crate::tree::{Counts, Meta, Sink, Time};
 
 const MAX_DEPTH: usize = 64;
 /// FAT allows 65,536 entries per directory; a chain that loops would yield them forever.
@@ -43,11 +43,17 @@ struct Stream {
     len: u64,
     pos: u64,
     writable: bool,
+    /// Bytes it may still read. A sound volume is read about once; a cluster chain that loops
+    /// (which the `fatfs` iterator would follow forever) runs this out instead.
+    budget: u64,
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        self.budget = self.budget.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::other("read the volume over and over: its cluster chains loop")
+        })?;
         let got = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
         self.pos += got as u64;
         Ok(got)
@@ -133,6 +139,7 @@ fn open(part: &Extent, file: Arc<File>) -> io::Result<FileSystem<Stream>> {
         len: part.len(),
         pos: 0,
         writable: false,
+        budget: part.len().saturating_mul(4).saturating_add(64 << 20),
     };
     FileSystem::new(stream, FsOptions::new().update_accessed_date(false))
 }
@@ -174,9 +181,14 @@ pub fn copy_to(part: &Extent, disk: &Path, sink: &mut Sink) -> Result<Counts> {
             ..Meta::default()
         };
         sink.set_root(&dir_meta(Time::default()))?;
-        let mut stack = vec![(fs.root_dir(), sink.root(), 0usize)];
+        let mut stack = vec![(fs.root_dir(), None, 0usize)];
+        let root = sink.root();
         let mut budget = part.len();
-        while let Some((dir, host, depth)) = stack.pop() {
+        while let Some((dir, pending, depth)) = stack.pop() {
+            let host = match pending {
+                Some(p) => sink.enter(p)?,
+                None => root.clone(),
+            };
             if depth > MAX_DEPTH {
                 return Err(corrupt(
                     part.name(),
@@ -209,8 +221,8 @@ pub fn copy_to(part: &Extent, disk: &Path, sink: &mut Sink) -> Result<Counts> {
                 }
                 let mtime = dos_time(entry.modified());
                 if entry.is_dir() {
-                    let child: Dir = sink.mkdir(&host, name.as_bytes(), &dir_meta(mtime))?;
-                    stack.push((entry.to_dir(), child, depth + 1));
+                    let child = sink.mkdir(&host, name.as_bytes(), &dir_meta(mtime))?;
+                    stack.push((entry.to_dir(), Some(child), depth + 1));
                     continue;
                 }
                 let len = entry.len();
@@ -351,6 +363,7 @@ pub fn write(disk: &Path, start: u64, len: u64, info: &Info, tree: &Path) -> Res
         len,
         pos: 0,
         writable: true,
+        budget: u64::MAX,
     };
     let mut label = [b' '; 11];
     for (i, b) in info.label.bytes().take(11).enumerate() {

@@ -213,15 +213,16 @@ fn ext_needed(tree: &Path, info: &ext4::Info) -> Result<u64> {
 /// Writes a new raw disk at `out` (created, must not exist) from `layout`, whose trees and raw
 /// files are under `work`. Returns the new layout.
 pub fn copy_in(layout: &Layout, work: &Path, out: &Path, sizing: Sizing) -> Result<Layout> {
+    if out.symlink_metadata().is_ok() {
+        return Err(ImageError::Invalid(format!(
+            "{} already exists",
+            out.display()
+        )));
+    }
     let result = write_disk(layout, work, out, sizing);
     if result.is_err() {
-        // Nothing half-written stays: not the disk, not a file system being built.
+        // Nothing half-written stays (the file systems being built are temporary files).
         let _ = std::fs::remove_file(out);
-        for v in &layout.volumes {
-            let n = v.partition.as_ref().map_or(0, |p| p.number);
-            let _ = std::fs::remove_file(work.join(format!("{n}.ext")));
-            let _ = std::fs::remove_file(work.join(format!("{n}.times")));
-        }
     }
     result
 }
@@ -323,13 +324,17 @@ fn write_disk(layout: &Layout, work: &Path, out: &Path, sizing: Sizing) -> Resul
         let name = v.name();
         match &mut v.content {
             Content::Ext { info, tree } => {
-                let fs = work.join(format!(
-                    "{}.ext",
-                    v.partition.as_ref().map_or(0, |p| p.number)
-                ));
-                build_ext(info, &work.join(&*tree), &fs, size)?;
+                // Removed when dropped, on success and on every error.
+                let fs = tempfile::Builder::new()
+                    .prefix("fs-")
+                    .suffix(".ext")
+                    .tempfile_in(work)
+                    .ctx(|| format!("creating a file system in {}", work.display()))?
+                    .into_temp_path();
+                let same = matches!(sizing, Sizing::Same);
+                build_ext(info, &work.join(&*tree), &fs, size, same)?;
                 splice(&fs, out, start)?;
-                std::fs::remove_file(&fs).ctx(|| format!("removing {}", fs.display()))?;
+                drop(fs);
                 let new = ext4::Ext4::probe(&Extent::open(out)?.slice(start, size, name)?)?
                     .ok_or_else(|| ImageError::Tool {
                         tool: "mke2fs",
@@ -354,14 +359,19 @@ fn write_disk(layout: &Layout, work: &Path, out: &Path, sizing: Sizing) -> Resul
 /// Makes an ext file system of `size` bytes in the new file `fs` from `tree`, like `info`
 /// (kind, block and inode size, features, UUID, label, hash seed), and checks it with
 /// `e2fsck -fn`.
-fn build_ext(info: &ext4::Info, tree: &Path, fs: &Path, size: u64) -> Result<()> {
+fn build_ext(info: &ext4::Info, tree: &Path, fs: &Path, size: u64, same_size: bool) -> Result<()> {
     File::options()
         .write(true)
-        .create_new(true)
         .open(fs)
-        .ctx(|| format!("creating {}", fs.display()))?
+        .ctx(|| format!("opening {}", fs.display()))?
         .set_len(size)
         .ctx(|| format!("sizing {}", fs.display()))?;
+    // Inodes: as many as the source had when the size is the same, and always room for the tree
+    // (many small files can run out of inodes long before blocks).
+    let (data, tree_inodes) = crate::tree::usage(tree, info.block_size)?;
+    let inodes =
+        (tree_inodes + tree_inodes / 4 + 1024).max(if same_size { info.inodes } else { 0 });
+    let root = std::fs::symlink_metadata(tree).ctx(|| format!("reading {}", tree.display()))?;
     // Features the kernel or mke2fs sets by itself, or that cannot be asked for.
     let skip = ["needs_recovery", "orphan_present", "mmp", "stable_inodes"];
     let features: Vec<&str> = info
@@ -397,8 +407,14 @@ fn build_ext(info: &ext4::Info, tree: &Path, fs: &Path, size: u64) -> Result<()>
         .args(["-m", &format!("{reserved:.2}")])
         .arg("-O")
         .arg(format!("none,{}", features.join(",")))
+        .args(["-N", &inodes.to_string()])
         .arg("-E")
-        .arg(format!("hash_seed={},nodiscard", info.hash_seed))
+        .arg(format!(
+            "hash_seed={},nodiscard,root_owner={}:{}",
+            info.hash_seed,
+            std::os::unix::fs::MetadataExt::uid(&root),
+            std::os::unix::fs::MetadataExt::gid(&root)
+        ))
         .arg("-d")
         .arg(tree)
         .arg(fs)
@@ -411,8 +427,11 @@ fn build_ext(info: &ext4::Info, tree: &Path, fs: &Path, size: u64) -> Result<()>
             || stderr.contains("Could not allocate inode")
         {
             return Err(ImageError::TooLarge {
-                what: format!("the tree {}", tree.display()),
-                needed_mib: crate::tree::usage(tree, info.block_size)?.0.div_ceil(MIB),
+                what: format!(
+                    "the tree {} ({tree_inodes} files and directories)",
+                    tree.display()
+                ),
+                needed_mib: data.div_ceil(MIB),
                 allowed_mib: size / MIB,
             });
         }
@@ -450,7 +469,13 @@ fn fix_times(tree: &Path, fs: &Path) -> Result<()> {
         detail: "wrote no file system".into(),
     })?;
     let extra = new.info().inode_size > 128;
-    let mut script = String::new();
+    // mke2fs gives the root directory 0755 whatever the tree's says (Fedora's is 0555).
+    let root_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::symlink_metadata(tree)
+            .ctx(|| format!("reading {}", tree.display()))?
+            .permissions(),
+    );
+    let mut script = format!("sif <2> mode 0{:o}\n", 0o040000 | (root_mode & 0o7777));
     new.walk(|path, ino, atime, mtime| {
         let p = tree.join(std::ffi::OsStr::from_bytes(path));
         // mke2fs adds lost+found when the tree has none (e2fsck insists on one).
@@ -494,9 +519,6 @@ fn fix_times(tree: &Path, fs: &Path) -> Result<()> {
         }
         Ok(())
     })?;
-    if script.is_empty() {
-        return Ok(());
-    }
     let script_file = fs.with_extension("times");
     std::fs::write(&script_file, &script).ctx(|| format!("writing {}", script_file.display()))?;
     let out = Command::new("debugfs")

@@ -112,7 +112,9 @@ pub fn read(disk: &Extent) -> Result<Table> {
     let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..462 + 16 * i]).collect();
     // A FAT or NTFS boot sector also ends in 55 AA; its "entries" are code. A real table has
     // status bytes of 0x00 or 0x80 only.
-    if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
+    // A FAT formatted onto the whole disk leaves the table area zeroed: no partitions at all
+    // means no table.
+    if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) || entries.iter().all(|e| e[4] == 0) {
         return Ok(whole_disk());
     }
     let boot_code = mbr[..440].to_vec();
@@ -198,8 +200,10 @@ fn read_logical(
 ) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     let mut ebr = ext_start;
-    for number in 5.. {
-        if out.len() >= MAX_LOGICAL + 4 || !seen.insert(ebr) {
+    // Linux numbers the logical partitions it finds from 5, skipping empty records.
+    let mut number = 5u32;
+    loop {
+        if seen.len() > MAX_LOGICAL || !seen.insert(ebr) {
             return Err(bad(format!(
                 "the extended partition's chain of boot records loops at sector {ebr}"
             )));
@@ -230,6 +234,7 @@ fn read_logical(
                 name: String::new(),
                 attributes: u64::from(e[0] & 0x80),
             });
+            number += 1;
         }
         if next[4] == 0 {
             return Ok(());
@@ -241,7 +246,6 @@ fn read_logical(
             )));
         }
     }
-    unreachable!("the loop returns")
 }
 
 fn read_gpt(disk: &Extent, sectors: u64, boot_code: Vec<u8>) -> Result<Table> {
@@ -314,7 +318,10 @@ fn gpt_at(disk: &Extent, sectors: u64, lba: u64) -> Result<Table> {
                 "partition {number} ends (sector {end}) before it starts ({start})"
             )));
         }
-        check_span(number, start, end - start + 1, first, last + 1)?;
+        let count = (end - start)
+            .checked_add(1)
+            .ok_or_else(|| bad(format!("partition {number} has an impossible size")))?;
+        check_span(number, start, count, first, last + 1)?;
         let name: Vec<u16> = e[56..128]
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -323,7 +330,7 @@ fn gpt_at(disk: &Extent, sectors: u64, lba: u64) -> Result<Table> {
         partitions.push(Partition {
             number,
             start: start * SECTOR,
-            size: (end - start + 1) * SECTOR,
+            size: count * SECTOR,
             ptype: PartitionType::Gpt(ptype),
             guid: Some(Uuid::from_bytes_le(e[16..32].try_into().expect("16 bytes"))),
             name: String::from_utf16_lossy(&name),

@@ -80,6 +80,12 @@ impl Dir {
     }
 }
 
+/// A directory created but not yet entered: its parent stays open, not itself.
+pub struct Pending {
+    parent: Dir,
+    name: Vec<u8>,
+}
+
 /// What a copy created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
@@ -191,7 +197,10 @@ impl Sink {
         Ok(())
     }
 
-    pub fn mkdir(&mut self, parent: &Dir, name: &[u8], meta: &Meta) -> Result<Dir> {
+    /// Creates a directory with its attributes. It is entered later, with [`Sink::enter`]: a
+    /// walk holds many created directories at once (a thousand under `/usr/share/doc`), and an
+    /// open descriptor for each would run into the process's limit.
+    pub fn mkdir(&mut self, parent: &Dir, name: &[u8], meta: &Meta) -> Result<Pending> {
         check_name(&parent.path, name)?;
         let path = parent.path.join(OsStr::from_bytes(name));
         rfs::mkdirat(&*parent.fd, name, Mode::from_raw_mode(0o700))
@@ -206,6 +215,22 @@ impl Sink {
         self.apply_fd(&fd, &path, meta)?;
         self.dir_times.push((path.clone(), meta.atime, meta.mtime));
         self.counts.dirs += 1;
+        Ok(Pending {
+            parent: parent.clone(),
+            name: name.to_vec(),
+        })
+    }
+
+    /// Opens a directory [`Sink::mkdir`] created, to create its entries.
+    pub fn enter(&self, pending: Pending) -> Result<Dir> {
+        let path = pending.parent.path.join(OsStr::from_bytes(&pending.name));
+        let fd = rfs::openat(
+            &*pending.parent.fd,
+            pending.name.as_slice(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno_ctx(e, format!("opening {}", path.display())))?;
         Ok(Dir {
             fd: Arc::new(fd),
             path,

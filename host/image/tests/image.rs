@@ -215,6 +215,9 @@ fn rich_tree(root: &Path) {
     )
     .unwrap();
     fs::write(root.join(OsStr::from_bytes(b"caf\xe9-latin1")), "not utf-8").unwrap();
+    // A root that is not 0755 root:root (Fedora's is 0555).
+    chown(root, 1234, 4321);
+    fs::set_permissions(root, fs::Permissions::from_mode(0o750)).unwrap();
     // Every entry gets distinct times, deepest first so directories keep theirs.
     let mut all: Vec<PathBuf> = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -624,6 +627,91 @@ mod round_trip {
     }
 }
 
+mod edges {
+    use super::*;
+
+    #[test]
+    fn many_small_files_get_the_inodes_they_need() {
+        if !root_or_skip() {
+            return;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        fs::create_dir_all(w.join("root/lost+found")).unwrap();
+        for d in 0..20 {
+            let dir = w.join(format!("root/d{d}"));
+            fs::create_dir(&dir).unwrap();
+            for f in 0..1000 {
+                File::create(dir.join(f.to_string())).unwrap();
+            }
+        }
+        let mut layout = gpt_layout(w);
+        layout.volumes.truncate(1);
+        layout.volumes[0] = Volume {
+            partition: layout.volumes[0].partition.clone().map(|p| Partition {
+                ptype: PartitionType::Gpt(LINUX_FS_TYPE),
+                size: 64 * MIB,
+                ..p
+            }),
+            content: Content::Ext {
+                info: ext_info("0b8f4a63-1c1e-4c3a-9f0e-2d5c1b7e9a02", EXT4_FEATURES),
+                tree: "root".into(),
+            },
+            counts: None,
+        };
+        let written = layout::copy_in(&layout, w, &w.join("disk.raw"), Sizing::Same).unwrap();
+        let Content::Ext { info, .. } = &written.volumes[0].content else {
+            panic!()
+        };
+        assert!(info.inodes >= 20_021, "{} inodes", info.inodes);
+    }
+
+    #[test]
+    fn an_existing_output_is_refused_and_kept() {
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("keep.raw");
+        fs::write(&out, "precious").unwrap();
+        let err =
+            layout::copy_in(&gpt_layout(work.path()), work.path(), &out, Sizing::Same).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(fs::read(&out).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn a_fat_on_the_whole_disk_is_read_as_one() {
+        if !root_or_skip() {
+            return;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        fs::create_dir(w.join("esp")).unwrap();
+        esp_tree(&w.join("esp"));
+        let disk = w.join("fat.raw");
+        File::create(&disk).unwrap().set_len(40 * MIB).unwrap();
+        let info = fat::Info {
+            kind: "fat32".into(),
+            volume_id: 7,
+            label: "WHOLE".into(),
+            cluster_size: 512,
+            size: 40 * MIB,
+            used_bytes: 0,
+        };
+        fat::write(&disk, 0, 40 * MIB, &info, &w.join("esp")).unwrap();
+        let out = w.join("out");
+        fs::create_dir(&out).unwrap();
+        let read = layout::copy_out(&disk, &out).unwrap();
+        assert_eq!(read.table.scheme, Scheme::None);
+        let Content::Fat { info, tree } = &read.volumes[0].content else {
+            panic!("{read:?}")
+        };
+        assert_eq!(info.label, "WHOLE");
+        assert_eq!(
+            fs::read(out.join(tree).join("EFI/debian/grub.cfg")).unwrap(),
+            b"search.fs_uuid 1234 root\n"
+        );
+    }
+}
+
 mod hostile {
     use super::*;
 
@@ -901,6 +989,121 @@ mod hostile {
         f.write_all_at(&ebr, 2048 * 512).unwrap();
         let err = partition::read(&slipway_image::disk::Extent::open(&disk).unwrap()).unwrap_err();
         assert!(err.to_string().contains("loops"), "{err}");
+    }
+
+    fn inode_of(img: &Path, path: &str) -> u32 {
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("stat {path}")])
+            .arg(img)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("Inode: ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("an inode number")
+    }
+
+    #[test]
+    fn an_attribute_value_naming_its_own_inode_is_refused_not_followed() {
+        if !root_or_skip() {
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let img = ext4_image(
+            w.path(),
+            |t| {
+                fs::write(t.join("f"), "x").unwrap();
+                rustix::fs::setxattr(
+                    t.join("f"),
+                    "user.selfref",
+                    b"value",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .unwrap();
+            },
+            |_| {},
+        );
+        let ino = inode_of(&img, "/f");
+        let mut data = fs::read(&img).unwrap();
+        let at = data
+            .windows(7)
+            .position(|w| w == b"selfref")
+            .expect("the attribute's name")
+            - 16;
+        data[at + 4..at + 8].copy_from_slice(&ino.to_le_bytes());
+        fs::write(&img, data).unwrap();
+        let err = copy_out_err(&img, w.path());
+        assert!(
+            err.to_string().contains("not an attribute value inode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_block_map_that_points_at_itself_is_refused_quickly() {
+        if !root_or_skip() {
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let src = w.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), vec![7u8; 1024]).unwrap();
+        let img = w.path().join("ext2.raw");
+        File::create(&img).unwrap().set_len(16 * MIB).unwrap();
+        sh(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext2", "-b", "1024", "-d"])
+            .arg(&src)
+            .arg(&img));
+        // The file's one data block becomes a triple-indirect block full of its own number.
+        let out = Command::new("debugfs")
+            .args(["-R", "blocks /f"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let block: u32 = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let looped: Vec<u8> = (0..256).flat_map(|_| block.to_le_bytes()).collect();
+        File::options()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .write_all_at(&looped, u64::from(block) * 1024)
+            .unwrap();
+        debugfs(&img, &format!("sif /f block[TIND] {block}"));
+        debugfs(&img, "sif /f size 0x10000000000");
+        let started = std::time::Instant::now();
+        let err = copy_out_err(&img, w.path());
+        assert!(
+            err.to_string()
+                .contains("more blocks mapped than the file system has"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_file_claiming_the_largest_size_is_an_error_not_a_panic() {
+        if !root_or_skip() {
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let img = ext4_image(
+            w.path(),
+            |t| fs::write(t.join("f"), "x").unwrap(),
+            |img| debugfs(img, "sif /f size 0xffffffffffffffff"),
+        );
+        let err = copy_out_err(&img, w.path());
+        assert!(!err.to_string().is_empty());
     }
 
     #[test]
