@@ -606,8 +606,7 @@ impl Store {
         self.model_vm(&id).await
     }
 
-    /// Deletes a model VM. Nothing depends on model VMs yet; staged VMs will (their issue adds the
-    /// check here, before the delete).
+    /// Deletes a model VM, unless staged VMs were made from it (they name it as their lineage).
     pub async fn delete_model_vm(&self, id_or_name: &str) -> Result<ModelVm> {
         let mut tx = self.write_tx().await?;
         let users = sqlx::query(

@@ -288,7 +288,7 @@ pub async fn replace_model_vm(
     Ok((etag(model.revision), Json(model)).into_response())
 }
 
-/// Deletes a model VM.
+/// Deletes a model VM; 409 while staged VMs were made from it.
 #[utoipa::path(delete, path = "/v1/model-vms/{id}", tag = "model-vms", security(("bearer" = [])),
     params(("id" = String, Path, description = "The model VM's id or name")),
     responses((status = 200, body = ModelVm), (status = 401, body = Problem),
