@@ -6,7 +6,9 @@
 //! strip with the compiled identity-linux plugin, first-boot wiring, a new disk, qcow2, sha256 —
 //! and each step is timed. `virt-sysprep` (libguestfs, direct backend, TCG, a cached appliance;
 //! set up by `scripts/fixtures/virt-sysprep`) strips a copy of the same qcow2. Three runs of
-//! each, alternating; medians reported, with the ratio.
+//! each, alternating; medians reported, with the ratio. Slipway runs twice per round: with its
+//! work directory on the disk that holds the image (the default, `<data-dir>/work`) and on tmpfs
+//! (`--work-dir /dev/shm/...`).
 //!
 //! `cargo bench -p slipway-server --bench stage` (needs root; `SLIPWAY_BENCH_RUNS` changes the
 //! number of runs; `SLIPWAY_BENCH_NO_SYSPREP=1` skips virt-sysprep).
@@ -46,8 +48,12 @@ struct Run {
     operations: Vec<String>,
 }
 
-fn slipway(image: &Path, plugin: &slipway_runtime::identity::IdentityPlugin) -> Run {
-    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+fn slipway(
+    image: &Path,
+    plugin: &slipway_runtime::identity::IdentityPlugin,
+    scratch: &Path,
+) -> Run {
+    let dir = tempfile::tempdir_in(scratch).unwrap();
     let work = Work {
         dir: dir.path().to_path_buf(),
     };
@@ -142,22 +148,30 @@ fn main() {
         .into_identity()
         .unwrap();
 
+    // The work directory (`--work-dir`) on the disk that holds the image store, and on tmpfs.
+    let disk = std::env::temp_dir();
+    let tmpfs = PathBuf::from("/dev/shm");
+    let places = [("work dir on disk", disk), ("work dir on tmpfs", tmpfs)];
+
     // One warm-up of each: page cache, the compiled plugin, libguestfs's appliance.
-    let warm = slipway(&image, &plugin);
+    let warm = slipway(&image, &plugin, &places[0].1);
     if sysprep {
         virt_sysprep(&image);
     }
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); warm.steps.len()];
+    let mut totals: Vec<Vec<f64>> = vec![Vec::new(); places.len()];
+    let mut per_step: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); warm.steps.len()]; places.len()];
+    let mut theirs = Vec::new();
     let mut their_ops = Vec::new();
     for i in 0..runs {
-        let run = slipway(&image, &plugin);
-        let total: f64 = run.steps.iter().map(|s| s.1).sum();
-        for (j, s) in run.steps.iter().enumerate() {
-            per_step[j].push(s.1);
+        for (p, (label, dir)) in places.iter().enumerate() {
+            let run = slipway(&image, &plugin, dir);
+            let total: f64 = run.steps.iter().map(|s| s.1).sum();
+            for (j, s) in run.steps.iter().enumerate() {
+                per_step[p][j].push(s.1);
+            }
+            eprintln!("run {}: slipway, {label}: {total:.2} s", i + 1);
+            totals[p].push(total);
         }
-        eprintln!("run {}: slipway {total:.2} s", i + 1);
-        ours.push(total);
         if sysprep {
             let (s, ops) = virt_sysprep(&image);
             eprintln!("run {}: virt-sysprep {s:.2} s", i + 1);
@@ -167,21 +181,33 @@ fn main() {
     }
     let image_mib = std::fs::metadata(&image).unwrap().len() >> 20;
     println!(
-        "staging the debootstrapped Debian 12 image ({image_mib} MiB qcow2), median of {runs}:"
+        "staging the debootstrapped Debian 12 image ({image_mib} MiB qcow2), median of {runs}, seconds:"
     );
     println!();
-    println!("| step | seconds |");
-    println!("|---|---|");
+    println!("| step | {} | {} |", places[0].0, places[1].0);
+    println!("|---|---:|---:|");
     for (j, (name, _)) in warm.steps.iter().enumerate() {
-        println!("| {name} | {:.2} |", median(&mut per_step[j]));
+        println!(
+            "| {name} | {:.2} | {:.2} |",
+            median(&mut per_step[0][j]),
+            median(&mut per_step[1][j])
+        );
     }
-    let ours = median(&mut ours);
-    println!("| **slipway, total** | **{ours:.2}** |");
+    let ours: Vec<f64> = totals.iter_mut().map(|t| median(t)).collect();
+    println!(
+        "| **slipway, total** | **{:.2}** | **{:.2}** |",
+        ours[0], ours[1]
+    );
     if sysprep {
         let theirs = median(&mut theirs);
-        println!("| **virt-sysprep** | **{theirs:.2}** |");
+        println!("| **virt-sysprep** | **{theirs:.2}** | |");
         println!();
-        println!("slipway is {:.1}x faster than virt-sysprep", theirs / ours);
+        for (p, (label, _)) in places.iter().enumerate() {
+            println!(
+                "slipway ({label}) is {:.1}x faster than virt-sysprep",
+                theirs / ours[p]
+            );
+        }
         println!();
         println!(
             "virt-sysprep ran {} operations: {}",

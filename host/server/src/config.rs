@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// [default: 20].
     #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// Where jobs unpack disk images into trees while staging [default: <data-dir>/work]; a
+    /// fast scratch file system here makes staging several times faster.
+    #[arg(long, env = "SLIPWAY_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
     /// Seconds an API call may take, uploads and event streams excepted [default: 30].
     #[arg(long, env = "SLIPWAY_REQUEST_TIMEOUT")]
     pub request_timeout: Option<u64>,
@@ -114,6 +118,7 @@ pub struct FileImages {
 pub struct FileJobs {
     pub workers: Option<usize>,
     pub shutdown_grace: Option<u64>,
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +144,7 @@ pub struct Config {
     pub import_rate: Option<u64>,
     pub job_workers: usize,
     pub shutdown_grace: Duration,
+    pub work_dir: PathBuf,
     pub request_timeout: Duration,
     pub upload_idle_timeout: Duration,
     pub max_json_body: usize,
@@ -216,6 +222,10 @@ impl Config {
                     .or(file.jobs.shutdown_grace)
                     .unwrap_or(20),
             ),
+            work_dir: args
+                .work_dir
+                .or(file.jobs.work_dir)
+                .unwrap_or_else(|| data_dir.join("work")),
             request_timeout: Duration::from_secs(
                 args.request_timeout
                     .or(file.http.request_timeout)

@@ -566,12 +566,9 @@ impl Jobs {
 
         ctx.enter(5).await?;
         let images = &inner.images;
-        let staged_raw = tempfile::Builder::new()
-            .prefix("staged-")
-            .tempfile_in(images.tmp_dir())
-            .map_err(|e| StepError::Failed(internal(&e)))?
-            .into_temp_path();
-        std::fs::rename(work.staged(), &staged_raw).map_err(|e| StepError::Failed(internal(&e)))?;
+        // Converted to qcow2 where it lies (the work directory may be another file system).
+        let staged_raw = tempfile::TempPath::try_from_path(work.staged())
+            .map_err(|e| StepError::Failed(internal(&e)))?;
         let size = std::fs::metadata(&staged_raw).map(|m| m.len()).unwrap_or(0);
         let received = Received {
             path: staged_raw,

@@ -36,6 +36,28 @@ pub struct App {
     pub upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
+/// Creates the jobs' working directory (0700: trees hold the guests' secrets until stripped) and
+/// removes what jobs a crash interrupted left in it — only theirs, since it may be shared scratch
+/// space.
+fn sweep_work_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the work directory {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("stage-") {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing the leftover {}", path.display()))?;
+            tracing::info!(path = %path.display(), "removed a working directory a crash left");
+        }
+    }
+    Ok(())
+}
+
 /// How many uploads may receive at once; more are refused with 503.
 pub const MAX_CONCURRENT_UPLOADS: usize = 16;
 
@@ -84,10 +106,9 @@ impl App {
                 .filter_map(|p| p.clone().into_identity())
                 .collect(),
             guest_agent: config.guest_agent.clone(),
-            work_root: config.data_dir.join("work"),
+            work_root: config.work_dir.clone(),
         };
-        // Working directories of jobs a crash interrupted.
-        let _ = std::fs::remove_dir_all(&staging.work_root);
+        sweep_work_dir(&staging.work_root)?;
         let jobs = Jobs::new(
             store.clone(),
             events.clone(),

@@ -365,6 +365,7 @@ fn serve_help_documents_every_option_with_its_variable() {
         ("--upload-idle-timeout", "SLIPWAY_UPLOAD_IDLE_TIMEOUT"),
         ("--max-json-body", "SLIPWAY_MAX_JSON_BODY"),
         ("--guest-agent", "SLIPWAY_GUEST_AGENT"),
+        ("--work-dir", "SLIPWAY_WORK_DIR"),
     ] {
         assert!(help.contains(flag), "{flag} undocumented");
         assert!(
@@ -373,7 +374,7 @@ fn serve_help_documents_every_option_with_its_variable() {
         );
     }
     // Every option has a sentence, not just a name.
-    assert_eq!(help.matches("[env: SLIPWAY_").count(), 16, "{help}");
+    assert_eq!(help.matches("[env: SLIPWAY_").count(), 17, "{help}");
 }
 
 #[test]

@@ -261,6 +261,11 @@ fn model(name: &str, image: &str, distro: &str, version: &str) -> Value {
 }
 
 async fn staging_app() -> TestApp {
+    staging_app_with(None).await
+}
+
+/// `work_dir`: scratch space for the trees, possibly another file system than the data's.
+async fn staging_app_with(work_dir: Option<PathBuf>) -> TestApp {
     let plugins = tempfile::tempdir().unwrap().keep();
     std::os::unix::fs::symlink(
         artifacts::IDENTITY_LINUX.dir,
@@ -270,6 +275,9 @@ async fn staging_app() -> TestApp {
     TestApp::with(move |c| {
         c.plugins = plugins;
         c.guest_agent = Some(PathBuf::from(artifacts::GUEST_AGENT));
+        if let Some(w) = work_dir {
+            c.work_dir = w;
+        }
     })
     .await
 }
@@ -303,8 +311,8 @@ fn open_staged(t: &TestApp, image: &str, into: &Path) -> Layout {
 }
 
 fn no_leftovers(t: &TestApp) {
-    let work = t.app.config.data_dir.join("work");
-    let left: Vec<_> = fs::read_dir(&work)
+    let work = &t.app.config.work_dir;
+    let left: Vec<_> = fs::read_dir(work)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "working directories left: {left:?}");
@@ -491,7 +499,9 @@ async fn a_model_with_cloud_init_is_pointed_at_the_nocloud_seed_and_an_alpine_on
     if !root_or_skip() {
         return;
     }
-    let t = staging_app().await;
+    // Trees on another file system than the image store (tmpfs), as `--work-dir` allows.
+    let scratch = tempfile::tempdir_in("/dev/shm").unwrap();
+    let t = staging_app_with(Some(scratch.path().join("work"))).await;
     let work = tempfile::tempdir().unwrap();
     let qcow2 = disk(work.path(), |r| debian(r, true));
     let reply = stage(&t, "debian-cloud", &qcow2, "debian", "12").await;
