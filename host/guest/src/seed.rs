@@ -275,21 +275,7 @@ impl Hostname {
             value: value.to_owned(),
             problem,
         };
-        if let Some(c) = value.chars().find(|c| c.is_control()) {
-            return Err(bad(format!(
-                "contains the control character U+{:04X}",
-                c as u32
-            )));
-        }
-        if value.is_empty() {
-            return Err(bad("is empty".into()));
-        }
-        if value.len() > MAX_FQDN {
-            return Err(bad(format!(
-                "is {} characters long; at most {MAX_FQDN} are allowed",
-                value.len()
-            )));
-        }
+        check_text(value, MAX_FQDN, "characters").map_err(bad)?;
         if let Some(c) = value
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
@@ -334,27 +320,30 @@ impl fmt::Display for Hostname {
     }
 }
 
+/// What every seed value must be: no control characters, not empty, at most `max` long.
+fn check_text(value: &str, max: usize, unit: &str) -> Result<(), String> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!("contains the control character U+{:04X}", c as u32));
+    }
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    if value.len() > max {
+        return Err(format!(
+            "is {} {unit} long; at most {max} are allowed",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an instance-id: it names a directory in cloud-init and a line in Slipway's state file.
 pub fn check_instance_id(value: &str) -> Result<(), SeedError> {
     let bad = |problem: String| SeedError::InstanceId {
         value: value.to_owned(),
         problem,
     };
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(bad(format!(
-            "contains the control character U+{:04X}",
-            c as u32
-        )));
-    }
-    if value.is_empty() {
-        return Err(bad("is empty".into()));
-    }
-    if value.len() > MAX_INSTANCE_ID {
-        return Err(bad(format!(
-            "is {} bytes long; at most {MAX_INSTANCE_ID} are allowed",
-            value.len()
-        )));
-    }
+    check_text(value, MAX_INSTANCE_ID, "bytes").map_err(bad)?;
     if let Some(c) = value
         .chars()
         .find(|c| c.is_whitespace() || *c == '/' || *c == '\\')

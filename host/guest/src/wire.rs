@@ -44,6 +44,19 @@ pub enum InitSystem {
     Unknown,
 }
 
+impl InitSystem {
+    /// The name reports use, the same as the serialised one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Systemd => "systemd",
+            Self::Openrc => "openrc",
+            Self::Sysvinit => "sysvinit",
+            Self::Busybox => "busybox",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// The agent binary to install: the static `x86_64-unknown-linux-musl` build of
 /// `slipway-firstboot`.
 #[derive(Debug, Clone)]

@@ -74,6 +74,16 @@ pub struct Dir {
 }
 
 impl Dir {
+    /// `/proc/self/fd/N/name`: the entry `name` of this directory, for the calls that have no
+    /// fd-relative form (`lsetxattr`, `lremovexattr`); their final component is not followed.
+    fn entry_path(&self, name: &[u8]) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&*self.fd)
+        ))
+        .join(OsStr::from_bytes(name))
+    }
+
     /// The directory's path relative to the tree's root, for messages.
     pub fn path(&self) -> &Path {
         &self.path
@@ -433,11 +443,7 @@ impl Sink {
         )
         .map_err(|e| errno_ctx(e, at("owner")))?;
         if !symlink {
-            let proc = PathBuf::from(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&*parent.fd)
-            ))
-            .join(OsStr::from_bytes(name));
+            let proc = parent.entry_path(name);
             match rfs::lremovexattr(&proc, "system.posix_acl_access") {
                 Ok(()) | Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::OPNOTSUPP) => {}
                 Err(e) => return Err(errno_ctx(e, at("inherited ACL"))),
@@ -452,13 +458,7 @@ impl Sink {
             .map_err(|e| errno_ctx(e, at("mode")))?;
         }
         if !meta.xattrs.is_empty() {
-            // No fd-relative lsetxattr exists; /proc/self/fd/N/name names the entry itself
-            // (the final component is not followed).
-            let proc = PathBuf::from(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&*parent.fd)
-            ))
-            .join(OsStr::from_bytes(name));
+            let proc = parent.entry_path(name);
             for (xname, value) in &meta.xattrs {
                 rfs::lsetxattr(&proc, xname.as_slice(), value, XattrFlags::empty()).map_err(
                     |e| {

@@ -62,6 +62,17 @@ fn set_times(p: &Path, atime: i64, mtime: (i64, u32)) {
     .unwrap();
 }
 
+fn mknod(p: &Path, kind: rustix::fs::FileType, mode: u32, dev: u64) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        kind,
+        rustix::fs::Mode::from_raw_mode(mode),
+        dev,
+    )
+    .unwrap();
+}
+
 fn chown(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
 }
@@ -182,38 +193,25 @@ fn rich_tree(root: &Path) {
     let long_target = "x/".repeat(100) + "end";
     symlink(&long_target, root.join("etc/long-link")).unwrap();
     chown(&root.join("etc/relative"), 7, 8);
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        root.join("dev/fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o640),
-        0,
-    )
-    .unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        root.join("dev/null"),
+    mknod(&root.join("dev/fifo"), rustix::fs::FileType::Fifo, 0o640, 0);
+    mknod(
+        &root.join("dev/null"),
         rustix::fs::FileType::CharacterDevice,
-        rustix::fs::Mode::from_raw_mode(0o666),
+        0o666,
         rustix::fs::makedev(1, 3),
-    )
-    .unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        root.join("dev/sda1"),
+    );
+    mknod(
+        &root.join("dev/sda1"),
         rustix::fs::FileType::BlockDevice,
-        rustix::fs::Mode::from_raw_mode(0o660),
+        0o660,
         rustix::fs::makedev(259, 70000),
-    )
-    .unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        root.join("dev/sock"),
+    );
+    mknod(
+        &root.join("dev/sock"),
         rustix::fs::FileType::Socket,
-        rustix::fs::Mode::from_raw_mode(0o755),
+        0o755,
         0,
-    )
-    .unwrap();
+    );
     fs::write(root.join(OsStr::from_bytes(b"caf\xe9-latin1")), "not utf-8").unwrap();
     // A root that is not 0755 root:root (Fedora's is 0555).
     chown(root, 1234, 4321);

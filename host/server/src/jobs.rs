@@ -436,6 +436,36 @@ impl Jobs {
         stop.drop_guard()
     }
 
+    /// Moves a canonical blob into the image store (the caller holds its lock until the record
+    /// is written) and describes it.
+    async fn commit(
+        &self,
+        canonical: crate::images::Canonical,
+        name: String,
+        kind: ImageKind,
+        source: crate::images::Inspected,
+        source_sha256: Option<String>,
+    ) -> Result<Image, StepError> {
+        let (id, format, stored_size) =
+            (canonical.sha256.clone(), canonical.format, canonical.size);
+        let committer = self.inner.images.clone();
+        let allocated = tokio::task::spawn_blocking(move || committer.commit(canonical))
+            .await
+            .map_err(|e| StepError::Failed(e.to_string()))??;
+        Ok(Image {
+            id,
+            name,
+            kind,
+            format,
+            source_format: source.format,
+            source_sha256,
+            virtual_size: source.virtual_size,
+            stored_size,
+            allocated_size: allocated,
+            created_at: Timestamp::now(),
+        })
+    }
+
     /// Stages a model VM: see [`crate::staging`] for the steps.
     async fn stage(&self, ctx: &mut JobCtx, params: StageParams) -> Result<Done, StepError> {
         use crate::staging::{self, StageError, Work as Dir};
@@ -583,7 +613,6 @@ impl Jobs {
             .canonicalize(received, inspected, ctx.cancel.clone())
             .await?;
         let id = canonical.sha256.clone();
-        let stored_size = canonical.size;
         let _guard = images.lock().await;
         let existed = match inner.store.image(&id).await {
             Ok(existing) if existing.kind != ImageKind::Disk => {
@@ -596,22 +625,15 @@ impl Jobs {
             Err(StoreError::NotFound { .. }) => false,
             Err(e) => return Err(e.into()),
         };
-        let committer = images.clone();
-        let allocated = tokio::task::spawn_blocking(move || committer.commit(canonical))
-            .await
-            .map_err(|e| StepError::Failed(e.to_string()))??;
-        let image = Image {
-            id: id.clone(),
-            name: format!("{}.qcow2", params.name),
-            kind: ImageKind::Disk,
-            format: ImageFormat::Qcow2,
-            source_format: ImageFormat::Raw,
-            source_sha256: None,
-            virtual_size: Some(size),
-            stored_size,
-            allocated_size: allocated,
-            created_at: Timestamp::now(),
-        };
+        let image = self
+            .commit(
+                canonical,
+                format!("{}.qcow2", params.name),
+                ImageKind::Disk,
+                inspected,
+                None,
+            )
+            .await?;
         let mut hardware = model.spec.hardware.clone();
         if let Some(disk) = hardware.disks.first_mut() {
             disk.image = Some(image.id.clone());
@@ -702,26 +724,10 @@ impl Jobs {
             .canonicalize(received, inspected, ctx.cancel.clone())
             .await?;
         ctx.enter(3).await?;
-        let id = canonical.sha256.clone();
-        let stored_size = canonical.size;
-        let format = canonical.format;
         let _guard = images.lock().await;
-        let committer = images.clone();
-        let allocated = tokio::task::spawn_blocking(move || committer.commit(canonical))
-            .await
-            .map_err(|e| StepError::Failed(e.to_string()))??;
-        let image = Image {
-            id: id.clone(),
-            name,
-            kind,
-            format,
-            source_format: inspected.format,
-            source_sha256: Some(source_sha256),
-            virtual_size: inspected.virtual_size,
-            stored_size,
-            allocated_size: allocated,
-            created_at: Timestamp::now(),
-        };
+        let image = self
+            .commit(canonical, name, kind, inspected, Some(source_sha256))
+            .await?;
         let (image, added) = self.inner.store.insert_image(&image).await?;
         if image.kind != kind {
             return Err(StepError::Failed(format!(
@@ -775,30 +781,24 @@ impl Jobs {
                 .await?;
                 continue;
             }
-            // Staging starts again from the model's image: its working directory went with the
-            // restart, and nothing was recorded before its last step.
-            if job.kind == crate::staging::STAGE
-                && let Ok(params) = serde_json::from_value::<StageParams>(job.params.clone())
-            {
-                tracing::info!(job = %job.id, step, "staging again after a restart");
-                self.inner
-                    .events
-                    .notify(
-                        "job",
-                        &job.id,
-                        "resumed",
-                        serde_json::json!({ "after_step": step }),
-                    )
-                    .await;
-                self.spawn(job, 0, Work::Stage(params));
-                continue;
-            }
-            let params = (job.kind == IMAGE_IMPORT)
-                .then(|| serde_json::from_value::<ImportParams>(job.params.clone()).ok())
-                .flatten();
-            match params {
-                Some(params) => {
-                    tracing::info!(job = %job.id, step, attempt = job.attempts + 1, "resuming an import interrupted by a restart");
+            // Imports start again from their source, staging from the model's image (its working
+            // directory went with the restart, and nothing was recorded before its last step).
+            let work = match job.kind.as_str() {
+                IMAGE_IMPORT => serde_json::from_value(job.params.clone())
+                    .ok()
+                    .map(Work::Import),
+                crate::staging::STAGE => serde_json::from_value(job.params.clone())
+                    .ok()
+                    .map(Work::Stage),
+                _ => None,
+            };
+            match work {
+                Some(work) => {
+                    if matches!(work, Work::Import(_)) {
+                        tracing::info!(job = %job.id, step, attempt = job.attempts + 1, "resuming an import interrupted by a restart");
+                    } else {
+                        tracing::info!(job = %job.id, step, attempt = job.attempts + 1, "staging again after a restart");
+                    }
                     self.inner
                         .events
                         .notify(
@@ -808,7 +808,7 @@ impl Jobs {
                             serde_json::json!({ "after_step": step }),
                         )
                         .await;
-                    self.spawn(job, 0, Work::Import(params));
+                    self.spawn(job, 0, work);
                 }
                 None => {
                     let message = if job.state == JobState::Running {

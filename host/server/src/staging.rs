@@ -140,13 +140,13 @@ pub fn inspect(
             error: e.to_string(),
         })?;
         if let Some(os) = found {
-            if os.distro != declared.distro || arch_name(os.arch) != declared.arch.to_string() {
+            if os.distro != declared.distro || core_arch(os.arch) != declared.arch {
                 return Err(StageError::Mismatch {
                     declared: format!(
                         "{} {} ({})",
                         declared.distro, declared.version, declared.arch
                     ),
-                    found: format!("{} {} ({})", os.distro, os.version, arch_name(os.arch)),
+                    found: format!("{} {} ({})", os.distro, os.version, core_arch(os.arch)),
                 });
             }
             return Ok(Found {
@@ -196,17 +196,11 @@ pub fn first_boot(
     found: &Found,
     agent: Option<&Path>,
 ) -> Result<(String, Vec<StageOperation>), StageError> {
-    use slipway_guest::{AgentBinary, FirstBoot, InitSystem as Init};
+    use slipway_guest::{AgentBinary, FirstBoot};
     let tree = work
         .trees()
         .join(layout.volumes[found.volume].tree().expect("a file system"));
-    let init_system = match found.os.init_system {
-        InitSystem::Systemd => Init::Systemd,
-        InitSystem::Openrc => Init::Openrc,
-        InitSystem::Sysvinit => Init::Sysvinit,
-        InitSystem::Busybox => Init::Busybox,
-        InitSystem::Unknown => Init::Unknown,
-    };
+    let init_system = init(found.os.init_system);
     let fail = |e: slipway_guest::WireError| StageError::FirstBoot(e.to_string());
     let cloud_init = slipway_guest::has_cloud_init(&tree).map_err(fail)?;
     let agent = match (cloud_init, agent) {
@@ -215,11 +209,11 @@ pub fn first_boot(
             let built_for = elf_arch(path).map_err(|e| {
                 StageError::FirstBoot(format!("the server's first-boot agent cannot be read: {e}"))
             })?;
-            if built_for != found.os.arch {
+            if built_for != core_arch(found.os.arch) {
                 return Err(StageError::FirstBoot(format!(
                     "the guest is {} but the server's first-boot agent is built for {}",
-                    arch_name(found.os.arch),
-                    arch_name(built_for)
+                    core_arch(found.os.arch),
+                    built_for
                 )));
             }
             AgentBinary::Path(path.to_path_buf())
@@ -239,7 +233,7 @@ pub fn first_boot(
             "slipway-firstboot",
             format!(
                 "Slipway's first-boot agent, started by {}, reads the seed location from the SMBIOS serial",
-                found_os(&found.os).init_system
+                init_system.as_str()
             ),
         )
     };
@@ -270,7 +264,8 @@ pub fn write_image(work: &Work, layout: &Layout, sizing: Sizing) -> Result<Layou
 }
 
 /// The instruction set an ELF executable is built for.
-pub fn elf_arch(path: &Path) -> std::io::Result<Arch> {
+pub fn elf_arch(path: &Path) -> std::io::Result<slipway_core::Arch> {
+    use slipway_core::Arch;
     use std::io::Read;
     let mut header = [0u8; 20];
     std::fs::File::open(path)?.read_exact(&mut header)?;
@@ -278,7 +273,7 @@ pub fn elf_arch(path: &Path) -> std::io::Result<Arch> {
         return Err(std::io::Error::other("not an ELF executable"));
     }
     match u16::from_le_bytes([header[18], header[19]]) {
-        0x3e => Ok(Arch::X8664),
+        0x3e => Ok(Arch::X86_64),
         0xb7 => Ok(Arch::Aarch64),
         0xf3 => Ok(Arch::Riscv64),
         0x15 => Ok(Arch::Ppc64le),
@@ -289,15 +284,27 @@ pub fn elf_arch(path: &Path) -> std::io::Result<Arch> {
     }
 }
 
-pub fn arch_name(a: Arch) -> String {
+/// The contract's architecture as the catalog names it.
+fn core_arch(a: Arch) -> slipway_core::Arch {
+    use slipway_core::Arch as A;
     match a {
-        Arch::X8664 => "x86_64",
-        Arch::Aarch64 => "aarch64",
-        Arch::Riscv64 => "riscv64",
-        Arch::Ppc64le => "ppc64le",
-        Arch::S390x => "s390x",
+        Arch::X8664 => A::X86_64,
+        Arch::Aarch64 => A::Aarch64,
+        Arch::Riscv64 => A::Riscv64,
+        Arch::Ppc64le => A::Ppc64le,
+        Arch::S390x => A::S390x,
     }
-    .into()
+}
+
+fn init(i: InitSystem) -> slipway_guest::InitSystem {
+    use slipway_guest::InitSystem as I;
+    match i {
+        InitSystem::Systemd => I::Systemd,
+        InitSystem::Openrc => I::Openrc,
+        InitSystem::Sysvinit => I::Sysvinit,
+        InitSystem::Busybox => I::Busybox,
+        InitSystem::Unknown => I::Unknown,
+    }
 }
 
 pub fn found_os(os: &OsInfo) -> FoundOs {
@@ -305,14 +312,7 @@ pub fn found_os(os: &OsInfo) -> FoundOs {
         family: os.family.clone(),
         distro: os.distro.clone(),
         version: os.version.clone(),
-        arch: arch_name(os.arch),
-        init_system: match os.init_system {
-            InitSystem::Systemd => "systemd",
-            InitSystem::Openrc => "openrc",
-            InitSystem::Sysvinit => "sysvinit",
-            InitSystem::Busybox => "busybox",
-            InitSystem::Unknown => "unknown",
-        }
-        .into(),
+        arch: core_arch(os.arch).to_string(),
+        init_system: init(os.init_system).as_str().into(),
     }
 }

@@ -246,26 +246,7 @@ impl Store {
     /// Records an image. Content addressing makes a second record of the same bytes the same
     /// image: the existing one is returned and `false` says nothing was added.
     pub async fn insert_image(&self, image: &Image) -> Result<(Image, bool)> {
-        let inserted = sqlx::query(
-            "INSERT INTO images (id, name, kind, format, source_format, source_sha256, virtual_size,
-                                 stored_size, allocated_size, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&image.id)
-        .bind(&image.name)
-        .bind(image.kind.as_str())
-        .bind(image.format.as_str())
-        .bind(image.source_format.as_str())
-        .bind(&image.source_sha256)
-        .bind(image.virtual_size.map(to_i64))
-        .bind(to_i64(image.stored_size))
-        .bind(to_i64(image.allocated_size))
-        .bind(image.created_at.0)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1;
+        let inserted = insert_image_row(&self.pool, image).await?;
         Ok((self.image(&image.id).await?, inserted))
     }
 
@@ -643,26 +624,7 @@ impl Store {
     /// recorded or neither. Returns whether the image record is new.
     pub async fn insert_staged_vm(&self, image: &Image, staged: &StagedVm) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let added = sqlx::query(
-            "INSERT INTO images (id, name, kind, format, source_format, source_sha256, virtual_size,
-                                 stored_size, allocated_size, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&image.id)
-        .bind(&image.name)
-        .bind(image.kind.as_str())
-        .bind(image.format.as_str())
-        .bind(image.source_format.as_str())
-        .bind(&image.source_sha256)
-        .bind(image.virtual_size.map(to_i64))
-        .bind(to_i64(image.stored_size))
-        .bind(to_i64(image.allocated_size))
-        .bind(image.created_at.0)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        let added = insert_image_row(&mut *tx, image).await?;
         sqlx::query(
             "INSERT INTO staged_vms (id, name, model_vm_id, model_revision, image_id, body, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1016,6 +978,33 @@ fn exists_on_unique(e: sqlx::Error, kind: &'static str, name: String) -> StoreEr
     } else {
         e.into()
     }
+}
+
+/// Inserts an image's row unless its bytes are recorded already; whether it was added.
+async fn insert_image_row<'e, E>(executor: E, image: &Image) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    Ok(sqlx::query(
+        "INSERT INTO images (id, name, kind, format, source_format, source_sha256, virtual_size,
+                             stored_size, allocated_size, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&image.id)
+    .bind(&image.name)
+    .bind(image.kind.as_str())
+    .bind(image.format.as_str())
+    .bind(image.source_format.as_str())
+    .bind(&image.source_sha256)
+    .bind(image.virtual_size.map(to_i64))
+    .bind(to_i64(image.stored_size))
+    .bind(to_i64(image.allocated_size))
+    .bind(image.created_at.0)
+    .execute(executor)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// A staged VM's insert: its name taken meanwhile, or its model or an image deleted meanwhile.
