@@ -60,6 +60,7 @@ pub enum Firmware {
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HostFeature {
     /// Hardware-assisted virtualisation that actually works (probed, not assumed).

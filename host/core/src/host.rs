@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::agent::{HostMode, HostReport, HostState, Resources};
+use crate::resources::Timestamp;
 use crate::{Arch, HostFeature};
 
 /// One host as placement sees it: a snapshot of the monitored inventory.
@@ -54,6 +56,97 @@ impl HostSnapshot {
                 .saturating_sub(self.memory_allocated_mib),
         )
     }
+}
+
+/// A host of the inventory, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Host {
+    pub id: String,
+    pub name: String,
+    pub state: HostState,
+    pub mode: HostMode,
+    pub agent_url: String,
+    /// What placement may claim: the reported amounts times the server's allocation ratios.
+    pub capacity: Resources,
+    /// What claims hold now.
+    pub claimed: Resources,
+    /// The number of claims on the host.
+    pub claims: u32,
+    /// The agent's last report.
+    pub report: HostReport,
+    pub last_heartbeat: Timestamp,
+    pub joined_at: Timestamp,
+    /// The join token it joined with, by id.
+    pub join_token: String,
+}
+
+/// A claim on a host's resources: what placement reserved for one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Claim {
+    pub id: String,
+    pub host: String,
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_group: Option<String>,
+    pub state: ClaimState,
+    /// When a pending claim lapses; confirmed claims never do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// The token that made it, by id.
+    pub owner: String,
+    /// What the claim is for, e.g. a deployment's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimState {
+    /// Made by a placement; lapses at `expires_at` unless confirmed.
+    Pending,
+    /// Held until released (the VM is deleted or its deployment failed).
+    Confirmed,
+}
+
+impl ClaimState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimState::Pending => "pending",
+            ClaimState::Confirmed => "confirmed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(ClaimState::Pending),
+            "confirmed" => Some(ClaimState::Confirmed),
+            _ => None,
+        }
+    }
+}
+
+/// A join token: lets agents become hosts. Its secret is shown once, at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JoinToken {
+    pub id: String,
+    pub name: String,
+    /// Labels every host that joins with it gets, under the agent's own.
+    pub labels: BTreeMap<String, String>,
+    /// How many more joins it allows; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
 }
 
 #[cfg(test)]

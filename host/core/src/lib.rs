@@ -2,6 +2,7 @@
 //! the plugin runtime and the command line. Nothing here does I/O; everything serialises with serde
 //! in the JSON shape the HTTP API uses (snake_case fields, lower-case enum values).
 
+pub mod agent;
 pub mod catalog;
 pub mod hardware;
 pub mod host;

@@ -9,6 +9,7 @@ use crate::{Arch, HostFeature};
 
 /// The host-facing part of a VM request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PlacementRequest {
     pub vcpus: u32,

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
@@ -348,6 +349,7 @@ impl PlacementPlugin {
 /// Builds the columnar [`Fleet`] and the numeric [`PlacementRequest`] from host snapshots,
 /// interning every label and group name into one symbol table, and every distinct label set and
 /// group set once.
+#[derive(Clone)]
 pub struct FleetBuilder {
     // Fx, not SipHash: interning is most of a fleet's build time, and the keys are the site's
     // own labels, not attacker-chosen.
@@ -356,7 +358,8 @@ pub struct FleetBuilder {
     group_sets: FxHashMap<Vec<u32>, u32>,
     scratch: String,
     ids: Vec<u32>,
-    fleet: Fleet,
+    // Shared with the decisions that hold a snapshot; a change copies it only while one does.
+    fleet: Arc<Fleet>,
 }
 
 impl Default for FleetBuilder {
@@ -374,7 +377,7 @@ impl FleetBuilder {
             group_sets: FxHashMap::default(),
             scratch: String::new(),
             ids: Vec::new(),
-            fleet: Fleet {
+            fleet: Arc::new(Fleet {
                 hosts: 0,
                 symbol_text: String::new(),
                 symbol_offsets: vec![0],
@@ -395,7 +398,7 @@ impl FleetBuilder {
                 group_set: column(),
                 group_set_offsets: vec![0],
                 group_ids: Vec::new(),
-            },
+            }),
         }
     }
 
@@ -414,7 +417,7 @@ impl FleetBuilder {
         if let Some(&id) = self.symbols.get(symbol) {
             return id;
         }
-        let f = &mut self.fleet;
+        let f = Arc::make_mut(&mut self.fleet);
         let id = (f.symbol_offsets.len() - 1) as u32;
         f.symbol_text.push_str(symbol);
         f.symbol_offsets.push(f.symbol_text.len() as u32);
@@ -434,32 +437,8 @@ impl FleetBuilder {
     }
 
     pub fn push(&mut self, h: &HostSnapshot) {
-        let mut ids = std::mem::take(&mut self.ids);
-        ids.clear();
-        for (k, v) in &h.labels {
-            ids.push(self.intern_label(k, v));
-        }
-        let label_set = intern_set(
-            &mut self.label_sets,
-            &ids,
-            &mut self.fleet.label_set_offsets,
-            &mut self.fleet.label_ids,
-        );
-        ids.clear();
-        for g in &h.groups {
-            ids.push(self.intern(g));
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let group_set = intern_set(
-            &mut self.group_sets,
-            &ids,
-            &mut self.fleet.group_set_offsets,
-            &mut self.fleet.group_ids,
-        );
-        self.ids = ids;
-
-        let f = &mut self.fleet;
+        let (label_set, group_set) = self.sets(h);
+        let f = Arc::make_mut(&mut self.fleet);
         f.hosts += 1;
         f.label_set.push(label_set);
         f.group_set.push(group_set);
@@ -474,6 +453,101 @@ impl FleetBuilder {
         f.vms.push(h.vms);
         f.arch.push(arch(h.arch) as u8);
         f.features.push(feature_bits(&h.features));
+    }
+
+    /// Replaces host `i` (pushed earlier) with `h`, in place: a heartbeat or a claim changes
+    /// one host, not the fleet. Label and group sets it no longer uses stay in the tables.
+    pub fn set(&mut self, i: usize, h: &HostSnapshot) {
+        if i >= self.fleet.len() {
+            return;
+        }
+        let (label_set, group_set) = self.sets(h);
+        let f = Arc::make_mut(&mut self.fleet);
+        f.label_set[i] = label_set;
+        f.group_set[i] = group_set;
+        f.vcpus_total[i] = h.vcpus_total;
+        f.vcpus_allocated[i] = h.vcpus_allocated;
+        f.memory_total_mib[i] = mib(h.memory_total_mib);
+        f.memory_allocated_mib[i] = mib(h.memory_allocated_mib);
+        f.memory_available_mib[i] = mib(h.memory_available_mib());
+        f.disk_total_mib[i] = mib(h.disk_total_mib);
+        f.disk_allocated_mib[i] = mib(h.disk_allocated_mib);
+        f.load_milli[i] = h.load_milli;
+        f.vms[i] = h.vms;
+        f.arch[i] = arch(h.arch) as u8;
+        f.features[i] = feature_bits(&h.features);
+    }
+
+    /// The ids of `h`'s label set and group set, interning them if new.
+    fn sets(&mut self, h: &HostSnapshot) -> (u32, u32) {
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        for (k, v) in &h.labels {
+            ids.push(self.intern_label(k, v));
+        }
+        let f = Arc::make_mut(&mut self.fleet);
+        let label_set = intern_set(
+            &mut self.label_sets,
+            &ids,
+            &mut f.label_set_offsets,
+            &mut f.label_ids,
+        );
+        ids.clear();
+        for g in &h.groups {
+            ids.push(self.intern(g));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let f = Arc::make_mut(&mut self.fleet);
+        let group_set = intern_set(
+            &mut self.group_sets,
+            &ids,
+            &mut f.group_set_offsets,
+            &mut f.group_ids,
+        );
+        self.ids = ids;
+        (label_set, group_set)
+    }
+
+    /// The fleet as it is now, for a decision: later changes do not reach it.
+    pub fn snapshot(&self) -> Arc<Fleet> {
+        self.fleet.clone()
+    }
+
+    /// The number of symbols interned: a server rebuilds the fleet when sets and symbols left
+    /// behind by changes outgrow the hosts.
+    pub fn symbols(&self) -> usize {
+        self.symbols.len()
+    }
+
+    /// The numeric form of a request whose labels and groups are all symbols already; `None`
+    /// when one is not (see [`FleetBuilder::request`]).
+    pub fn request_known(&self, r: &CoreRequest) -> Option<PlacementRequest> {
+        let mut label = String::new();
+        let mut required_labels = Vec::with_capacity(r.required_labels.len());
+        for (k, v) in &r.required_labels {
+            label.clear();
+            label.push_str(k);
+            label.push('=');
+            label.push_str(v);
+            required_labels.push(*self.symbols.get(&label)?);
+        }
+        let group = |g: &Option<String>| -> Option<Option<u32>> {
+            match g {
+                None => Some(None),
+                Some(g) => self.symbols.get(g).map(|&id| Some(id)),
+            }
+        };
+        Some(PlacementRequest {
+            vcpus: r.vcpus,
+            memory_mib: mib(r.memory_mib),
+            disk_mib: mib(r.disk_mib),
+            arch: arch(r.arch),
+            features: features(&r.features),
+            required_labels,
+            anti_affinity_group: group(&r.anti_affinity_group)?,
+            affinity_group: group(&r.affinity_group)?,
+        })
     }
 
     /// The numeric form of a request against this fleet's symbols. Labels no host carries still
@@ -497,7 +571,7 @@ impl FleetBuilder {
     }
 
     pub fn finish(self) -> Fleet {
-        self.fleet
+        Arc::unwrap_or_clone(self.fleet)
     }
 }
 
@@ -590,6 +664,10 @@ pub struct Decision {
     pub rejections: Vec<PipelineRejection>,
     /// The number of hosts considered.
     pub considered: usize,
+    /// Per scoring step (by index): its raw scores of the survivors, and its weight.
+    pub scores: Vec<(usize, (Vec<f64>, f64))>,
+    /// Every plugin call, in order.
+    pub timings: Vec<StepTiming>,
     /// Per step: the plugin's name and its reasons, to explain rejections.
     steps: Vec<(String, Arc<BTreeMap<u32, Reason>>)>,
 }
@@ -626,18 +704,35 @@ impl Pipeline {
         request: &PlacementRequest,
         fleet: &Fleet,
     ) -> Result<Decision, PluginError> {
-        let considered = fleet.len();
-        let mut candidates: Vec<u32> = (0..considered as u32).collect();
+        self.decide_among(request, fleet, (0..fleet.len() as u32).collect())
+    }
+
+    /// [`Pipeline::decide`] over some of the fleet's hosts only (the server leaves out hosts
+    /// that are unreachable or drained). `candidates` are fleet indexes in increasing order.
+    pub fn decide_among(
+        &self,
+        request: &PlacementRequest,
+        fleet: &Fleet,
+        mut candidates: Vec<u32>,
+    ) -> Result<Decision, PluginError> {
+        let considered = candidates.len();
         let mut rejections = Vec::new();
+        let mut timings = Vec::with_capacity(self.steps.len());
         for (index, step) in self.steps.iter().enumerate() {
             if !step.plugin.info().filters || candidates.is_empty() {
                 continue;
             }
+            let started = Instant::now();
             let rejected = step.plugin.filter(request, fleet, &candidates)?;
+            timings.push(StepTiming {
+                step: index,
+                call: Call::Filter,
+                elapsed: started.elapsed(),
+            });
             if rejected.is_empty() {
                 continue;
             }
-            remove_rejected(&mut candidates, &rejected, considered);
+            remove_rejected(&mut candidates, &rejected, fleet.len());
             rejections.extend(rejected.into_iter().map(|r| PipelineRejection {
                 step: index,
                 host: r.host,
@@ -646,9 +741,21 @@ impl Pipeline {
             }));
         }
         let mut scored = Vec::new();
+        let mut scores = Vec::new();
         if !candidates.is_empty() {
-            for step in self.steps.iter().filter(|s| s.plugin.info().scores) {
-                scored.push((step.plugin.score(request, fleet, &candidates)?, step.weight));
+            for (index, step) in self.steps.iter().enumerate() {
+                if !step.plugin.info().scores {
+                    continue;
+                }
+                let started = Instant::now();
+                let raw = step.plugin.score(request, fleet, &candidates)?;
+                timings.push(StepTiming {
+                    step: index,
+                    call: Call::Score,
+                    elapsed: started.elapsed(),
+                });
+                scores.push(index);
+                scored.push((raw, step.weight));
             }
         }
         let totals = combine(candidates.len(), &scored);
@@ -659,6 +766,8 @@ impl Pipeline {
             totals,
             rejections,
             considered,
+            scores: scores.into_iter().zip(scored).collect(),
+            timings,
             steps: self
                 .steps
                 .iter()
@@ -666,6 +775,55 @@ impl Pipeline {
                 .collect(),
         })
     }
+
+    /// Every filter over `candidates`, each seeing all of them (not only those earlier filters
+    /// passed): every reason each host fails for. A decision that found no host uses it to
+    /// name the closest one and all that it lacks.
+    pub fn all_rejections(
+        &self,
+        request: &PlacementRequest,
+        fleet: &Fleet,
+        candidates: &[u32],
+    ) -> Result<Vec<PipelineRejection>, PluginError> {
+        let mut all = Vec::new();
+        for (index, step) in self.steps.iter().enumerate() {
+            if !step.plugin.info().filters || candidates.is_empty() {
+                continue;
+            }
+            let rejected = step.plugin.filter(request, fleet, candidates)?;
+            all.extend(rejected.into_iter().map(|r| PipelineRejection {
+                step: index,
+                host: r.host,
+                reason: r.reason,
+                detail: r.detail,
+            }));
+        }
+        Ok(all)
+    }
+}
+
+/// Which export of a plugin a timing measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Filter,
+    Score,
+}
+
+impl Call {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Call::Filter => "filter",
+            Call::Score => "score",
+        }
+    }
+}
+
+/// How long one plugin call of a decision took, host side included (copying the fleet in).
+#[derive(Debug, Clone, Copy)]
+pub struct StepTiming {
+    pub step: usize,
+    pub call: Call,
+    pub elapsed: Duration,
 }
 
 /// Drops rejected hosts from `candidates`, keeping order.
@@ -717,6 +875,11 @@ impl Decision {
     /// The name of the plugin that made a rejection.
     pub fn plugin(&self, r: &PipelineRejection) -> &str {
         &self.steps[r.step].0
+    }
+
+    /// The name of the plugin of step `step`.
+    pub fn step_name(&self, step: usize) -> &str {
+        &self.steps[step].0
     }
 
     /// The declared reason of a rejection (the runtime checked that it was declared).

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
+use slipway_core::agent::AllocationRatios;
 
 /// Where the server listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7780";
@@ -76,6 +77,25 @@ pub struct ServeArgs {
     /// Largest JSON body, in bytes [default: 1 MiB].
     #[arg(long, env = "SLIPWAY_MAX_JSON_BODY")]
     pub max_json_body: Option<usize>,
+    /// Milliseconds between an agent's heartbeats; agents follow what the server says
+    /// [default: 10000].
+    #[arg(long, env = "SLIPWAY_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Heartbeats a host may miss before it is unreachable and gets no placements [default: 3].
+    #[arg(long, env = "SLIPWAY_MISSED_HEARTBEATS")]
+    pub missed_heartbeats: Option<u32>,
+    /// Seconds a placement's claim holds unless confirmed by a deployment [default: 600].
+    #[arg(long, env = "SLIPWAY_CLAIM_TTL")]
+    pub claim_ttl: Option<u64>,
+    /// Claimable vCPUs per host CPU thread [default: 4.0].
+    #[arg(long, env = "SLIPWAY_CPU_ALLOCATION_RATIO")]
+    pub cpu_allocation_ratio: Option<f64>,
+    /// Claimable memory per MiB a host has (less what its agent reserves) [default: 1.0].
+    #[arg(long, env = "SLIPWAY_MEMORY_ALLOCATION_RATIO")]
+    pub memory_allocation_ratio: Option<f64>,
+    /// Claimable disk per MiB of a host's data file system [default: 1.0].
+    #[arg(long, env = "SLIPWAY_DISK_ALLOCATION_RATIO")]
+    pub disk_allocation_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -102,6 +122,26 @@ pub struct FileConfig {
     pub jobs: FileJobs,
     #[serde(default)]
     pub http: FileHttp,
+    #[serde(default)]
+    pub hosts: FileHosts,
+    #[serde(default)]
+    pub placement: FilePlacement,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHosts {
+    pub heartbeat_interval_ms: Option<u64>,
+    pub missed_heartbeats: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePlacement {
+    pub claim_ttl: Option<u64>,
+    pub cpu_allocation_ratio: Option<f64>,
+    pub memory_allocation_ratio: Option<f64>,
+    pub disk_allocation_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +188,10 @@ pub struct Config {
     pub request_timeout: Duration,
     pub upload_idle_timeout: Duration,
     pub max_json_body: usize,
+    pub heartbeat_interval: Duration,
+    pub missed_heartbeats: u32,
+    pub claim_ttl: Duration,
+    pub allocation_ratios: AllocationRatios,
 }
 
 pub const TIB: u64 = 1 << 40;
@@ -242,6 +286,56 @@ impl Config {
                 .max_json_body
                 .or(file.http.max_json_body)
                 .unwrap_or(1 << 20),
+            heartbeat_interval: Duration::from_millis(
+                args.heartbeat_interval_ms
+                    .or(file.hosts.heartbeat_interval_ms)
+                    .unwrap_or(10_000)
+                    .clamp(50, 3_600_000),
+            ),
+            missed_heartbeats: args
+                .missed_heartbeats
+                .or(file.hosts.missed_heartbeats)
+                .unwrap_or(3)
+                .max(1),
+            claim_ttl: Duration::from_secs(
+                args.claim_ttl
+                    .or(file.placement.claim_ttl)
+                    .unwrap_or(600)
+                    .max(1),
+            ),
+            allocation_ratios: {
+                let defaults = AllocationRatios::default();
+                let ratio = |name: &str, value: Option<f64>, default: f64| {
+                    let value = value.unwrap_or(default);
+                    if value.is_finite() && value > 0.0 && value <= 1000.0 {
+                        Ok(value)
+                    } else {
+                        Err(anyhow::anyhow!(
+                            "{name} is {value}; it must be a number above 0 and at most 1000"
+                        ))
+                    }
+                };
+                AllocationRatios {
+                    cpu: ratio(
+                        "cpu_allocation_ratio",
+                        args.cpu_allocation_ratio
+                            .or(file.placement.cpu_allocation_ratio),
+                        defaults.cpu,
+                    )?,
+                    memory: ratio(
+                        "memory_allocation_ratio",
+                        args.memory_allocation_ratio
+                            .or(file.placement.memory_allocation_ratio),
+                        defaults.memory,
+                    )?,
+                    disk: ratio(
+                        "disk_allocation_ratio",
+                        args.disk_allocation_ratio
+                            .or(file.placement.disk_allocation_ratio),
+                        defaults.disk,
+                    )?,
+                }
+            },
             data_dir,
         };
         Ok(config)

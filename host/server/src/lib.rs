@@ -10,7 +10,12 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod images;
+pub mod inventory;
 pub mod jobs;
+pub mod metrics;
+pub mod monitor;
+pub mod placement;
+pub mod plugins;
 pub mod serve;
 pub mod staging;
 

@@ -7,15 +7,19 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use slipway_runtime::{Plugin, PluginPackage, Runtime, RuntimeConfig};
+use slipway_runtime::{Runtime, RuntimeConfig};
 use slipway_store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, system::LoadedPlugin};
+use crate::api;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::images::{ImageStore, Limits};
+use crate::inventory::{Inventory, Policy};
 use crate::jobs::{Jobs, StagingConfig};
+use crate::metrics::Metrics;
+use crate::placement::Placement;
+use crate::plugins::Registry;
 
 /// Everything a request handler can reach.
 pub struct App {
@@ -24,10 +28,12 @@ pub struct App {
     pub images: ImageStore,
     pub jobs: Jobs,
     pub events: EventBus,
-    /// What was loaded, as the API lists it.
-    pub plugins: Vec<LoadedPlugin>,
-    /// The loaded plugins themselves, for the parts of the server that call them.
-    pub plugin_handles: Vec<Plugin>,
+    /// Every plugin: bundled, and installed through the API.
+    pub plugins: Arc<Registry>,
+    /// The hosts, live.
+    pub inventory: Arc<Inventory>,
+    pub placement: Arc<Placement>,
+    pub metrics: Arc<Metrics>,
     /// Fires when a shutdown begins: streams end, waits give up.
     pub shutdown: CancellationToken,
     /// A token created at first start, when the store had none: its secret is in `admin.token`.
@@ -93,7 +99,7 @@ impl App {
                 "removed image files no record names (a crash between storing and recording)"
             );
         }
-        let (plugins, plugin_handles) = load_plugins(&config).await?;
+        let plugins = Arc::new(load_plugins(&config).await?);
         let events = EventBus::new(store.clone());
         // A first-boot agent that cannot be installed is found now, not at the first staging.
         if let Some(agent) = &config.guest_agent {
@@ -101,9 +107,10 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("the first-boot agent {}: {e}", agent.display()))?;
         }
         let staging = StagingConfig {
-            identity: plugin_handles
-                .iter()
-                .filter_map(|p| p.clone().into_identity())
+            identity: plugins
+                .all()
+                .into_iter()
+                .filter_map(|e| e.plugin.into_identity())
                 .collect(),
             guest_agent: config.guest_agent.clone(),
             work_root: config.work_dir.clone(),
@@ -116,6 +123,26 @@ impl App {
             staging,
             config.job_workers,
         );
+        let inventory = Arc::new(Inventory::new(
+            Policy {
+                heartbeat_interval: config.heartbeat_interval,
+                missed_heartbeats: config.missed_heartbeats,
+                ratios: config.allocation_ratios,
+            },
+            store.hosts().await?,
+            store.all_claims().await?,
+        ));
+        let metrics = Arc::new(Metrics::new());
+        let placement = Arc::new(
+            Placement::open(
+                store.clone(),
+                inventory.clone(),
+                plugins.clone(),
+                metrics.clone(),
+                config.claim_ttl,
+            )
+            .await?,
+        );
         let app = Arc::new(App {
             config,
             store,
@@ -123,7 +150,9 @@ impl App {
             jobs,
             events,
             plugins,
-            plugin_handles,
+            inventory,
+            placement,
+            metrics,
             shutdown: CancellationToken::new(),
             first_admin_token,
             upload_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS)),
@@ -175,38 +204,16 @@ pub fn write_secret(file: &Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn load_plugins(config: &Config) -> anyhow::Result<(Vec<LoadedPlugin>, Vec<Plugin>)> {
-    let dir = config.plugins.clone();
-    if !dir.is_dir() {
-        tracing::warn!(dir = %dir.display(), "no plugin directory; starting without plugins (scripts/run builds the first-party ones)");
-        return Ok((Vec::new(), Vec::new()));
-    }
+async fn load_plugins(config: &Config) -> anyhow::Result<Registry> {
+    let bundled = config.plugins.clone();
+    let installed = config.data_dir.join("plugins-installed");
     let cache = config.data_dir.join("cache/compiled-plugins");
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(cache),
             ..RuntimeConfig::default()
         })?;
-        let mut listed = Vec::new();
-        let mut handles = Vec::new();
-        for (name, path) in slipway_runtime::package::discover(&dir)? {
-            let package = PluginPackage::read(&path)
-                .with_context(|| format!("reading plugin {name} from {}", path.display()))?;
-            let manifest = package.manifest.clone();
-            let plugin = runtime
-                .load(package.manifest, &package.component)
-                .with_context(|| format!("loading plugin {name}"))?;
-            tracing::info!(plugin = %manifest.name, version = %manifest.version, kind = ?manifest.kind, "plugin loaded");
-            listed.push(LoadedPlugin {
-                name: manifest.name,
-                version: manifest.version,
-                kind: manifest.kind.world().trim_end_matches("-plugin").to_owned(),
-                contract: manifest.contract,
-                description: manifest.description,
-            });
-            handles.push(plugin);
-        }
-        Ok((listed, handles))
+        Registry::open(runtime, &bundled, installed)
     })
     .await?
 }
@@ -231,6 +238,7 @@ impl Server {
         let shutdown = app.shutdown.clone();
         let grace = app.config.shutdown_grace;
         let jobs = app.jobs.clone();
+        let monitor = tokio::spawn(crate::monitor::run(app.clone()));
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -249,6 +257,8 @@ impl Server {
             if requests.is_err() {
                 abort.abort();
             }
+            // The monitor writes the last heartbeats before it ends.
+            let _ = monitor.await;
             Ok(())
         });
         Ok(Server { addr, app, task })
@@ -274,15 +284,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
     let app = server.app.clone();
     let url = format!("http://{}", server.addr);
-    tracing::info!(url = %url, data_dir = %app.config.data_dir.display(), plugins = app.plugins.len(), "listening");
+    let plugins = app.plugins.list();
+    tracing::info!(url = %url, data_dir = %app.config.data_dir.display(), plugins = plugins.len(), "listening");
     eprintln!("slipway {} listening on {url}", env!("CARGO_PKG_VERSION"));
     eprintln!("  data directory: {}", app.config.data_dir.display());
     eprintln!(
         "  plugins: {}",
-        if app.plugins.is_empty() {
+        if plugins.is_empty() {
             "none".to_owned()
         } else {
-            app.plugins
+            plugins
                 .iter()
                 .map(|p| p.name.as_str())
                 .collect::<Vec<_>>()

@@ -1,5 +1,5 @@
 //! Slipway's persistent state: API tokens, the catalog (applications and model VMs), the records of
-//! the image store, jobs, and the event log.
+//! the image store, jobs, the event log, and the hosts with their join tokens and claims.
 //!
 //! The default is one SQLite file in the data directory, in WAL mode so that readers never wait for
 //! the writer. The schema (`migrations/`, versioned and applied at open) and every query keep to SQL
@@ -8,6 +8,8 @@
 //!
 //! Dependencies between resources are enforced twice: a delete first looks for dependents, so that
 //! the error can name them, and the foreign keys refuse whatever a race lets through.
+
+mod hosts;
 
 use std::path::Path;
 use std::time::Duration;
@@ -55,6 +57,9 @@ pub enum StoreError {
         expected: u64,
         actual: u64,
     },
+    /// A credential or token that does not allow what was asked.
+    #[error("{0}")]
+    Refused(String),
     #[error("the database refused the operation")]
     Database(#[from] sqlx::Error),
     #[error("the database schema could not be brought up to date")]
@@ -64,6 +69,8 @@ pub enum StoreError {
     #[error("the system's random number generator failed: {0}")]
     Random(String),
 }
+
+pub use hosts::{ClaimRefusal, HeartbeatRecord, HostRecord, NewClaim, NewHost};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -12,6 +12,7 @@ use slipway_store::StoreError;
 use utoipa::ToSchema;
 
 use crate::images::ImageError;
+use crate::placement::Explanation;
 use crate::jobs::{error_chain, log_internal};
 
 /// A problem, as every error of the API is answered.
@@ -29,6 +30,9 @@ pub struct Problem {
     /// For failures of a job: the job, to read its events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// For a placement no host could take: why, host by host and reason by reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Box<Explanation>>,
 }
 
 /// Every way an API call fails.
@@ -75,6 +79,13 @@ pub enum ApiError {
     ShuttingDown,
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    Replayed(String),
+    #[error("no host can take this VM: {}", .0.summary)]
+    NoHost(Box<Explanation>),
+    /// A plugin failed; the message names it. Not internal: the site needs to know which.
+    #[error("{0}")]
+    PluginFailed(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -207,6 +218,21 @@ impl ApiError {
                 "busy",
                 "The server is busy",
             ),
+            ApiError::Replayed(_) => (
+                StatusCode::CONFLICT,
+                "replayed",
+                "Replayed: the sequence number did not increase",
+            ),
+            ApiError::NoHost(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no-host",
+                "No host can take this VM",
+            ),
+            ApiError::PluginFailed(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "plugin-failed",
+                "A plugin failed",
+            ),
             ApiError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting-down",
@@ -246,6 +272,10 @@ impl ApiError {
             errors,
             job: match self {
                 ApiError::JobFailed { job, .. } => Some(job.clone()),
+                _ => None,
+            },
+            placement: match self {
+                ApiError::NoHost(explanation) => Some(explanation.clone()),
                 _ => None,
             },
         }

@@ -12,8 +12,10 @@
 
 mod catalog;
 mod error;
+mod hosts;
 mod images;
 mod jobs;
+mod placement;
 mod staged;
 pub mod system;
 mod tokens;
@@ -59,7 +61,10 @@ pub type AppState = Arc<App>;
         (name = "applications", description = "Applications and how to install them"),
         (name = "model-vms", description = "Model VMs: the catalog staging starts from (operator)"),
         (name = "jobs", description = "Long operations and the event stream (operator)"),
-        (name = "plugins", description = "Loaded plugins (admin)"),
+        (name = "plugins", description = "Plugins: listed, installed and removed at run time (admin)"),
+        (name = "hosts", description = "The host inventory and join tokens"),
+        (name = "agent", description = "The agent protocol: how hosts join and heartbeat (host credentials)"),
+        (name = "placement", description = "Placement decisions, claims, and the pipeline of placement plugins"),
     )
 )]
 struct ApiDoc;
@@ -114,6 +119,25 @@ fn routes(
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(system::list_plugins))
+        .routes(routes!(
+            hosts::create_join_token,
+            hosts::list_join_tokens
+        ))
+        .routes(routes!(hosts::revoke_join_token))
+        .routes(routes!(hosts::join))
+        .routes(routes!(hosts::heartbeat))
+        .routes(routes!(hosts::list_hosts))
+        .routes(routes!(
+            hosts::get_host,
+            hosts::update_host,
+            hosts::delete_host
+        ))
+        .routes(routes!(placement::place))
+        .routes(routes!(placement::list_claims))
+        .routes(routes!(placement::get_claim, placement::release_claim))
+        .routes(routes!(placement::confirm_claim))
+        .routes(routes!(placement::get_pipeline, placement::set_pipeline))
+        .routes(routes!(placement::remove_plugin))
         .layer(DefaultBodyLimit::max(max_json_body))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| async move {
@@ -132,11 +156,19 @@ fn routes(
         .routes(routes!(staged::create_staged_vm))
         .routes(routes!(jobs::job_events))
         .routes(routes!(jobs::events));
+    // A plugin is a few MiB of WebAssembly: more than a JSON body, read whole to check it.
+    let plugins = OpenApiRouter::new()
+        .routes(routes!(placement::install_plugin))
+        .layer(DefaultBodyLimit::max(MAX_PLUGIN_UPLOAD));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(quick)
         .merge(streaming)
+        .merge(plugins)
         .split_for_parts()
 }
+
+/// The largest plugin upload (manifest and component together).
+pub const MAX_PLUGIN_UPLOAD: usize = 64 << 20;
 
 /// The OpenAPI document, as generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -148,6 +180,20 @@ pub fn router(app: AppState) -> Router {
     let (router, doc) = routes(app.config.max_json_body, app.config.request_timeout);
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
     router
+        // Prometheus scrapes without a token, like /v1/health; bind to loopback or a private
+        // network (the default listens on loopback only).
+        .route(
+            "/metrics",
+            axum::routing::get(|axum::extract::State(app): axum::extract::State<AppState>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    app.metrics.render(&app.inventory),
+                )
+            }),
+        )
         .route(
             "/v1/openapi.json",
             axum::routing::get(move || {

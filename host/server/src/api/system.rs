@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{Admin, ApiError, AppState, Caller};
@@ -32,19 +32,9 @@ pub async fn health(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
     }))
 }
 
-/// A plugin the server loaded at start.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct LoadedPlugin {
-    pub name: String,
-    pub version: String,
-    /// `placement`, `validation`, `identity` or `drivers`.
-    pub kind: String,
-    /// The `slipway:plugin` contract it was built against.
-    pub contract: String,
-    pub description: Option<String>,
-}
+pub use crate::plugins::LoadedPlugin;
 
-/// The plugins loaded at start.
+/// Every plugin: bundled ones, and those installed through the API.
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins", security(("bearer" = [])),
     responses((status = 200, body = Vec<LoadedPlugin>), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem)))]
@@ -52,5 +42,5 @@ pub async fn list_plugins(
     _: Caller<Admin>,
     State(app): State<AppState>,
 ) -> Json<Vec<LoadedPlugin>> {
-    Json(app.plugins.clone())
+    Json(app.plugins.list())
 }

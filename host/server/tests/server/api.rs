@@ -1193,7 +1193,7 @@ async fn the_first_party_plugins_are_loaded_at_start_and_listed_for_admins() {
             "spread-score"
         ]
     );
-    assert_eq!(t.app.plugin_handles.len(), 4);
+    assert_eq!(t.app.plugins.all().len(), 4);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod api;
 mod e2e;
+mod hosts;
 mod place;
 mod staging;
 mod support;

@@ -56,6 +56,17 @@ impl TestApp {
 
     pub async fn open(config: Config, dir: tempfile::TempDir) -> Self {
         let app = App::open(config).await.unwrap();
+        // What `Server::start` runs beside the listener: host states and claim expiry.
+        tokio::spawn(slipway_server::monitor::run(app.clone()));
+        Self::attached(app, dir).await
+    }
+
+    /// Drives the app of a running [`slipway_server::Server`] through its router.
+    pub async fn attach(app: Arc<App>) -> Self {
+        Self::attached(app, tempfile::tempdir().unwrap()).await
+    }
+
+    async fn attached(app: Arc<App>, dir: tempfile::TempDir) -> Self {
         let router = slipway_server::api::router(app.clone());
         let admin = std::fs::read_to_string(app.config.admin_token_file())
             .unwrap()

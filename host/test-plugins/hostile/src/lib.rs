@@ -7,7 +7,7 @@ use slipway_plugin_sdk::placement::*;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `ok`, `loop`, `alloc`, `panic`, `miscount`, `nan`, `stranger`, `twice`, `undeclared`,
+    /// `ok`, `loop`, `alloc`, `panic`, `panic-on-odd-vcpus`, `miscount`, `nan`, `stranger`, `twice`, `undeclared`,
     /// `fail`, `snoop`, `chatty`, `log-flood`.
     #[serde(default)]
     mode: String,
@@ -30,7 +30,7 @@ impl Placement for Hostile {
 
     fn filter(
         &self,
-        _: &PlacementRequest,
+        request: &PlacementRequest,
         _: &Fleet,
         candidates: &[u32],
     ) -> Result<Vec<Rejection>, String> {
@@ -51,6 +51,10 @@ impl Placement for Hostile {
                 Ok(vec![reject(block[block.len() - 1].into(), 1)])
             }
             "panic" => panic!("hostile plugin panics on purpose"),
+            // Traps on some requests only: the decision after a trap must work.
+            "panic-on-odd-vcpus" if request.vcpus % 2 == 1 => {
+                panic!("hostile plugin panics on an odd vCPU count")
+            }
             "stranger" => Ok(vec![reject(candidates.len() as u32 + 1000, 1)]),
             // 2 million rejections, 32 MB: inside the plugin's memory limit, far beyond what the
             // host accepts back from one call.
