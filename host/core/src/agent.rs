@@ -293,7 +293,8 @@ impl Default for AllocationRatios {
 impl AllocationRatios {
     /// What may be claimed on a host that reports `report`.
     pub fn capacity(&self, report: &HostReport) -> Resources {
-        let scale = |n: u64, ratio: f64| (n as f64 * ratio).floor().clamp(0.0, u64::MAX as f64) as u64;
+        let scale =
+            |n: u64, ratio: f64| (n as f64 * ratio).floor().clamp(0.0, u64::MAX as f64) as u64;
         Resources {
             vcpus: u32::try_from(scale(u64::from(report.cpus), self.cpu)).unwrap_or(u32::MAX),
             memory_mib: scale(
@@ -368,13 +369,7 @@ mod tests {
             disk_mib: 0,
         };
         assert!(used.fits(one, limit));
-        assert!(!used.fits(
-            Resources {
-                disk_mib: 1,
-                ..one
-            },
-            limit
-        ));
+        assert!(!used.fits(Resources { disk_mib: 1, ..one }, limit));
         assert!(!used.fits(
             Resources {
                 memory_mib: u64::MAX,

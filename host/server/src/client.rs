@@ -39,6 +39,8 @@ pub struct ProblemError {
     pub title: String,
     pub detail: String,
     fields: String,
+    /// A placement's explanation, when no host could take the VM.
+    pub placement: Option<Value>,
 }
 
 pub struct Client {
@@ -120,6 +122,43 @@ impl Client {
             request = request.header(header::IF_MATCH, format!("\"{revision}\""));
         }
         Ok(self.send(request).await?.json().await?)
+    }
+
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        Ok(self
+            .send(self.request(Method::PATCH, path).json(body))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// `PUT /v1/plugins/{name}` with the manifest and component as a multipart body.
+    pub async fn install_plugin<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        manifest: String,
+        component: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        let form = reqwest::multipart::Form::new()
+            .text("manifest", manifest)
+            .part(
+                "component",
+                reqwest::multipart::Part::bytes(component)
+                    .file_name(format!("{name}.wasm"))
+                    .mime_str("application/wasm")?,
+            );
+        Ok(self
+            .send(
+                self.request(Method::PUT, &format!("/v1/plugins/{name}"))
+                    .multipart(form),
+            )
+            .await?
+            .json()
+            .await?)
     }
 
     /// Every page of a listing.
@@ -339,6 +378,7 @@ async fn problem(response: reqwest::Response) -> ProblemError {
             .map(str::to_owned)
             .unwrap_or_else(|| text.trim().to_owned()),
         fields,
+        placement: value.get("placement").cloned(),
     }
 }
 

@@ -212,18 +212,22 @@ impl Inventory {
         })
     }
 
-    /// Records a heartbeat authenticated by `credential` (the secret the agent sent).
+    /// Whether a credential (its sha256, hex) is a host's.
+    pub fn knows(&self, credential_sha256: &str) -> bool {
+        self.lock().by_credential.contains_key(credential_sha256)
+    }
+
+    /// Records a heartbeat authenticated by a credential (its sha256, hex).
     pub fn heartbeat(
         &self,
-        credential: &str,
+        credential_sha256: &str,
         beat: Heartbeat,
     ) -> Result<Accepted, HeartbeatRefused> {
-        let hash = sha256_hex(credential);
         let ratios = self.policy.ratios;
         let mut inner = self.lock();
         let i = *inner
             .by_credential
-            .get(&hash)
+            .get(credential_sha256)
             .ok_or(HeartbeatRefused::UnknownCredential)?;
         let slot = &mut inner.slots[i];
         if beat.seq <= slot.record.heartbeat_seq {
@@ -377,9 +381,7 @@ impl Inventory {
                 continue;
             }
             match slot.state() {
-                HostState::Ready if !exclude.contains(&slot.record.id) => {
-                    candidates.push(i as u32)
-                }
+                HostState::Ready if !exclude.contains(&slot.record.id) => candidates.push(i as u32),
                 HostState::Ready => *left_out.entry("excluded").or_default() += 1,
                 other => *left_out.entry(other.as_str()).or_default() += 1,
             }

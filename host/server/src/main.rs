@@ -25,7 +25,7 @@ enum Command {
     ///
     /// Every option can also be set in a TOML file (--config, or slipway.toml in the data
     /// directory) and in the environment; flags win over the environment, which wins over the file.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// API tokens: create (also offline, into a data directory), list, revoke.
     Token(cmd::TokenArgs),
     /// The image store: upload, import, list, show, delete.
@@ -42,8 +42,14 @@ enum Command {
     Job(cmd::JobArgs),
     /// Print the server's events as they happen, one JSON document per line.
     Events(cmd::EventsArgs),
-    /// Plugins the server loaded.
+    /// Plugins: list, install or replace without a restart, remove.
     Plugin(cmd::PluginArgs),
+    /// Hosts: the inventory as a table, drain and maintenance, join tokens.
+    Host(cmd::hosts::HostArgs),
+    /// Placement: decide and claim with an explanation; show or set the pipeline.
+    Placement(cmd::hosts::PlacementArgs),
+    /// Claims placement made: list, confirm, release.
+    Claim(cmd::hosts::ClaimArgs),
     /// Choose a host for one VM with the placement plugins, and explain the choice (no server).
     Place(cmd::place::PlaceArgs),
 }
@@ -79,7 +85,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::resolve(args)?;
+            let config = Config::resolve(*args)?;
             init_logs(&config.log, config.log_format);
             runtime()?.block_on(slipway_server::serve::serve(config))?;
             Ok(ExitCode::SUCCESS)
@@ -104,6 +110,9 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Job(args) => cmd::job(args).await,
                     Command::Events(args) => cmd::events(args).await,
                     Command::Plugin(args) => cmd::plugin(args).await,
+                    Command::Host(args) => cmd::hosts::host(args).await,
+                    Command::Placement(args) => cmd::hosts::placement(args).await,
+                    Command::Claim(args) => cmd::hosts::claim(args).await,
                     Command::Serve(_) | Command::Place(_) => unreachable!("handled above"),
                 }
             })?;

@@ -286,12 +286,19 @@ impl Placement {
             Some((value, revision)) => {
                 let built = serde_json::from_value::<PipelineSpec>(value)
                     .map_err(|e| e.to_string())
-                    .and_then(|spec| build(&registry, &spec, revision, None).map_err(|e| e.to_string()));
+                    .and_then(|spec| {
+                        build(&registry, &spec, revision, None).map_err(|e| e.to_string())
+                    });
                 match built {
                     Ok(active) => active,
                     Err(e) => {
                         tracing::error!(error = %e, "the stored placement pipeline cannot be built; using the default until an admin sets one");
-                        build(&registry, &PipelineSpec::default_for(&registry), revision, None)?
+                        build(
+                            &registry,
+                            &PipelineSpec::default_for(&registry),
+                            revision,
+                            None,
+                        )?
                     }
                 }
             }
@@ -430,7 +437,11 @@ impl Placement {
     }
 
     /// Decides where `request` goes and claims it there (unless a dry run).
-    pub async fn place(&self, request: &CoreRequest, options: &Options) -> Result<Placed, PlaceError> {
+    pub async fn place(
+        &self,
+        request: &CoreRequest,
+        options: &Options,
+    ) -> Result<Placed, PlaceError> {
         check(request)?;
         let started = Instant::now();
         let result = self.place_inner(request, options, started).await;
@@ -573,9 +584,10 @@ impl Placement {
                 }
                 _ => None,
             };
-            match counts.iter_mut().find(|c| {
-                c.plugin == plugin && c.reason == declared.message && c.detail == detail
-            }) {
+            match counts
+                .iter_mut()
+                .find(|c| c.plugin == plugin && c.reason == declared.message && c.detail == detail)
+            {
                 Some(c) => c.hosts += 1,
                 None => counts.push(ReasonCount {
                     plugin: plugin.to_owned(),
@@ -585,7 +597,7 @@ impl Placement {
                 }),
             }
         }
-        counts.sort_by(|a, b| b.hosts.cmp(&a.hosts));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.hosts));
         let left_out: BTreeMap<String, usize> = snapshot
             .left_out
             .iter()
@@ -762,7 +774,10 @@ fn build(
                 kind,
             })?;
         if s.enabled {
-            plugins.push(format!("{}@{}", entry.manifest.name, entry.manifest.version));
+            plugins.push(format!(
+                "{}@{}",
+                entry.manifest.name, entry.manifest.version
+            ));
             steps.push(Step {
                 plugin,
                 weight: s.weight,

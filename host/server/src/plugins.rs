@@ -116,7 +116,11 @@ fn sha256(bytes: &[u8]) -> String {
 
 impl Registry {
     /// Loads the bundled plugins from `bundled_dir` (when it exists), then the installed ones.
-    pub fn open(runtime: Runtime, bundled_dir: &Path, installed_dir: PathBuf) -> anyhow::Result<Self> {
+    pub fn open(
+        runtime: Runtime,
+        bundled_dir: &Path,
+        installed_dir: PathBuf,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let mut entries = BTreeMap::new();
         let load_dir = |entries: &mut BTreeMap<String, Entry>,

@@ -162,7 +162,11 @@ impl Store {
     }
 
     pub async fn list_join_tokens(&self) -> Result<Vec<JoinToken>> {
-        let rows = sqlx::query(concat!("SELECT ", join_token_columns!(), " FROM join_tokens ORDER BY id"))
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            join_token_columns!(),
+            " FROM join_tokens ORDER BY id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(join_token_from_row).collect()
@@ -171,8 +175,11 @@ impl Store {
     /// Revokes a join token: no agent joins with it again. Hosts that joined keep their
     /// credentials.
     pub async fn revoke_join_token(&self, id: &str) -> Result<JoinToken> {
-        let row = sqlx::query(concat!("UPDATE join_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
-             RETURNING ", join_token_columns!()))
+        let row = sqlx::query(concat!(
+            "UPDATE join_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
+             RETURNING ",
+            join_token_columns!()
+        ))
         .bind(Timestamp::now().0)
         .bind(id)
         .fetch_optional(&self.pool)
@@ -190,7 +197,11 @@ impl Store {
     pub async fn join_host(&self, new: &NewHost<'_>) -> Result<(HostRecord, String, bool)> {
         let now = Timestamp::now();
         let mut tx = self.write_tx().await?;
-        let token = sqlx::query(concat!("SELECT ", join_token_columns!(), " FROM join_tokens WHERE secret_sha256 = $1"))
+        let token = sqlx::query(concat!(
+            "SELECT ",
+            join_token_columns!(),
+            " FROM join_tokens WHERE secret_sha256 = $1"
+        ))
         .bind(sha256_hex(new.join_secret.as_bytes()))
         .fetch_optional(&mut *tx)
         .await?
@@ -280,10 +291,14 @@ impl Store {
                 id
             }
         };
-        let row = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE id = $1"))
-            .bind(&id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            host_columns!(),
+            " FROM hosts WHERE id = $1"
+        ))
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
         let host = host_from_row(&row)?;
         tx.commit().await?;
         Ok((host, credential, created))
@@ -291,17 +306,25 @@ impl Store {
 
     /// Every host, for the inventory.
     pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
-        let rows = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            host_columns!(),
+            " FROM hosts ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(host_from_row).collect()
     }
 
     pub async fn host(&self, id: &str) -> Result<HostRecord> {
-        let row = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            host_columns!(),
+            " FROM hosts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         found(row, "host", id, host_from_row)
     }
 
@@ -381,7 +404,10 @@ impl Store {
     /// Claims resources on a host if, and only if, they fit: capacity, mode and anti-affinity
     /// are checked by the statement that adds the claim, so no interleaving of concurrent
     /// claims can over-commit the host.
-    pub async fn claim(&self, new: &NewClaim<'_>) -> Result<std::result::Result<Claim, ClaimRefusal>> {
+    pub async fn claim(
+        &self,
+        new: &NewClaim<'_>,
+    ) -> Result<std::result::Result<Claim, ClaimRefusal>> {
         let r = new.resources;
         let mut tx = self.write_tx().await?;
         let updated = sqlx::query(
@@ -422,7 +448,11 @@ impl Store {
             purpose: new.purpose.map(str::to_owned),
             created_at: Timestamp::now(),
         };
-        sqlx::query(concat!("INSERT INTO claims (", claim_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
+        sqlx::query(concat!(
+            "INSERT INTO claims (",
+            claim_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
         .bind(&claim.id)
         .bind(&claim.host)
         .bind(i64::from(r.vcpus))
@@ -446,10 +476,14 @@ impl Store {
         tx: &mut super::Tx<'static>,
         new: &NewClaim<'_>,
     ) -> Result<ClaimRefusal> {
-        let Some(row) = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE id = $1"))
-            .bind(new.host)
-            .fetch_optional(&mut **tx)
-            .await?
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            host_columns!(),
+            " FROM hosts WHERE id = $1"
+        ))
+        .bind(new.host)
+        .fetch_optional(&mut **tx)
+        .await?
         else {
             return Ok(ClaimRefusal::NoHost);
         };
@@ -468,8 +502,11 @@ impl Store {
 
     /// Confirms a pending claim: it no longer lapses.
     pub async fn confirm_claim(&self, id: &str) -> Result<Claim> {
-        let row = sqlx::query(concat!("UPDATE claims SET state = 'confirmed', expires_at = NULL WHERE id = $1
-             RETURNING ", claim_columns!()))
+        let row = sqlx::query(concat!(
+            "UPDATE claims SET state = 'confirmed', expires_at = NULL WHERE id = $1
+             RETURNING ",
+            claim_columns!()
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -479,7 +516,10 @@ impl Store {
     /// Releases a claim, giving its resources back to the host.
     pub async fn release_claim(&self, id: &str) -> Result<Claim> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query(concat!("DELETE FROM claims WHERE id = $1 RETURNING ", claim_columns!()))
+        let row = sqlx::query(concat!(
+            "DELETE FROM claims WHERE id = $1 RETURNING ",
+            claim_columns!()
+        ))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -492,12 +532,18 @@ impl Store {
     /// Releases every pending claim whose time ran out by `now`; returns them.
     pub async fn expire_claims(&self, now: Timestamp) -> Result<Vec<Claim>> {
         let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(concat!("DELETE FROM claims WHERE state = 'pending' AND expires_at <= $1
-             RETURNING ", claim_columns!()))
+        let rows = sqlx::query(concat!(
+            "DELETE FROM claims WHERE state = 'pending' AND expires_at <= $1
+             RETURNING ",
+            claim_columns!()
+        ))
         .bind(now.0)
         .fetch_all(&mut *tx)
         .await?;
-        let claims = rows.iter().map(claim_from_row).collect::<Result<Vec<_>>>()?;
+        let claims = rows
+            .iter()
+            .map(claim_from_row)
+            .collect::<Result<Vec<_>>>()?;
         for claim in &claims {
             give_back(&mut tx, claim).await?;
         }
@@ -506,10 +552,14 @@ impl Store {
     }
 
     pub async fn claim_record(&self, id: &str) -> Result<Claim> {
-        let row = sqlx::query(concat!("SELECT ", claim_columns!(), " FROM claims WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            claim_columns!(),
+            " FROM claims WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         found(row, "claim", id, claim_from_row)
     }
 
@@ -519,9 +569,13 @@ impl Store {
         host: Option<&str>,
         request: &PageRequest,
     ) -> Result<Page<Claim>> {
-        let rows = sqlx::query(concat!("SELECT ", claim_columns!(), " FROM claims
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            claim_columns!(),
+            " FROM claims
              WHERE ($1 IS NULL OR host_id = $1) AND ($2 IS NULL OR id > $2)
-             ORDER BY id LIMIT $3"))
+             ORDER BY id LIMIT $3"
+        ))
         .bind(host)
         .bind(&request.after)
         .bind(request.limit() + 1)
@@ -533,9 +587,13 @@ impl Store {
 
     /// Every claim, for the inventory.
     pub async fn all_claims(&self) -> Result<Vec<Claim>> {
-        let rows = sqlx::query(concat!("SELECT ", claim_columns!(), " FROM claims ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            claim_columns!(),
+            " FROM claims ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(claim_from_row).collect()
     }
 
@@ -636,10 +694,13 @@ fn host_from_row(r: &SqliteRow) -> Result<HostRecord> {
         agent_secret: r.get("agent_secret"),
         credential_sha256: r.get("credential_sha256"),
         join_token: r.get("join_token_id"),
-        token_labels: serde_json::from_str(r.get::<Option<&str>, _>("token_labels").unwrap_or("{}"))
-            .map_err(|e| StoreError::Corrupt("join token", e))?,
+        token_labels: serde_json::from_str(
+            r.get::<Option<&str>, _>("token_labels").unwrap_or("{}"),
+        )
+        .map_err(|e| StoreError::Corrupt("join token", e))?,
         mode: HostMode::parse(mode).unwrap_or(HostMode::Maintenance),
-        report: serde_json::from_str(r.get("report")).map_err(|e| StoreError::Corrupt("host", e))?,
+        report: serde_json::from_str(r.get("report"))
+            .map_err(|e| StoreError::Corrupt("host", e))?,
         capacity: resources(
             r,
             "capacity_vcpus",

@@ -12,8 +12,8 @@ use slipway_store::StoreError;
 use utoipa::ToSchema;
 
 use crate::images::ImageError;
-use crate::placement::Explanation;
 use crate::jobs::{error_chain, log_internal};
+use crate::placement::Explanation;
 
 /// A problem, as every error of the API is answered.
 #[derive(Debug, Clone, Serialize, ToSchema)]

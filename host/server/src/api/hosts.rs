@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use slipway_core::FieldError;
 use slipway_core::agent::{
@@ -18,7 +20,7 @@ use slipway_store::{NewHost, StoreError};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{Admin, ApiError, AppState, Caller, JsonBody, Operator, Problem, QueryParams};
-use crate::inventory::HeartbeatRefused;
+use crate::inventory::{HeartbeatRefused, sha256_hex};
 use crate::monitor::publish;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -83,7 +85,10 @@ pub async fn create_join_token(
             serde_json::json!({ "name": token.name }),
         )
         .await;
-    Ok((StatusCode::CREATED, Json(CreatedJoinToken { token, secret })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedJoinToken { token, secret }),
+    ))
 }
 
 /// Lists join tokens, revoked ones included; never their secrets.
@@ -194,22 +199,9 @@ fn interval_ms(app: &AppState) -> u64 {
         (status = 422, body = Problem)))]
 pub async fn heartbeat(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    HostCredential(credential): HostCredential,
     JsonBody(body): JsonBody<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    let credential = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let Some(credential) = credential else {
-        app.metrics.heartbeat("unknown_credential");
-        return Err(ApiError::Unauthorized(
-            "no bearer credential: send `Authorization: Bearer <the credential the join gave>`"
-                .into(),
-        ));
-    };
     let mut errors = Vec::new();
     check_report("report", &body.report, &mut errors);
     if let Some(url) = &body.agent_url {
@@ -219,7 +211,7 @@ pub async fn heartbeat(
         app.metrics.heartbeat("invalid");
         return Err(ApiError::invalid(errors));
     }
-    match app.inventory.heartbeat(credential, body) {
+    match app.inventory.heartbeat(&credential, body) {
         Ok(accepted) => {
             app.metrics.heartbeat("accepted");
             if let Some(t) = &accepted.transition {
@@ -239,6 +231,40 @@ pub async fn heartbeat(
             app.metrics.heartbeat("replayed");
             Err(ApiError::Replayed(e.to_string()))
         }
+    }
+}
+
+/// A host's bearer credential (as its sha256), checked before the body is read: a heartbeat
+/// without a host's credential is refused unread. The inventory knows the credentials (in
+/// memory, so that a fleet's heartbeats never wait on the database).
+pub struct HostCredential(String);
+
+impl FromRequestParts<AppState> for HostCredential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let credential = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let Some(credential) = credential else {
+            app.metrics.heartbeat("unknown_credential");
+            return Err(ApiError::Unauthorized(
+                "no bearer credential: send `Authorization: Bearer <the credential the join gave>`"
+                    .into(),
+            ));
+        };
+        let hash = sha256_hex(credential);
+        if !app.inventory.knows(&hash) {
+            app.metrics.heartbeat("unknown_credential");
+            return Err(ApiError::Unauthorized(
+                "the credential is not one of a host's: join again".into(),
+            ));
+        }
+        Ok(Self(hash))
     }
 }
 
@@ -446,10 +472,9 @@ fn check_host_name(name: &str, errors: &mut Vec<FieldError>) {
 
 fn check_url(field: &str, url: &str, errors: &mut Vec<FieldError>) {
     let ok = url.len() <= 2048
-        && url
-            .parse::<axum::http::Uri>()
-            .ok()
-            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        && url.parse::<axum::http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
     if !ok {
         errors.push(FieldError::new(
             field,

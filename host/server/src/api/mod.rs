@@ -119,10 +119,7 @@ fn routes(
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(system::list_plugins))
-        .routes(routes!(
-            hosts::create_join_token,
-            hosts::list_join_tokens
-        ))
+        .routes(routes!(hosts::create_join_token, hosts::list_join_tokens))
         .routes(routes!(hosts::revoke_join_token))
         .routes(routes!(hosts::join))
         .routes(routes!(hosts::heartbeat))
@@ -184,15 +181,17 @@ pub fn router(app: AppState) -> Router {
         // network (the default listens on loopback only).
         .route(
             "/metrics",
-            axum::routing::get(|axum::extract::State(app): axum::extract::State<AppState>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    app.metrics.render(&app.inventory),
-                )
-            }),
+            axum::routing::get(
+                |axum::extract::State(app): axum::extract::State<AppState>| async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        app.metrics.render(&app.inventory),
+                    )
+                },
+            ),
         )
         .route(
             "/v1/openapi.json",

@@ -164,10 +164,7 @@ pub async fn release_claim(
 #[utoipa::path(get, path = "/v1/placement/pipeline", tag = "placement", security(("bearer" = [])),
     responses((status = 200, body = PipelineView), (status = 401, body = Problem),
         (status = 403, body = Problem)))]
-pub async fn get_pipeline(
-    _: Caller<Operator>,
-    State(app): State<AppState>,
-) -> Json<PipelineView> {
+pub async fn get_pipeline(_: Caller<Operator>, State(app): State<AppState>) -> Json<PipelineView> {
     Json(app.placement.view())
 }
 
@@ -211,9 +208,10 @@ pub async fn set_pipeline(
 
 fn set_error(e: SetError) -> ApiError {
     match e {
-        SetError::Spec(e) => {
-            ApiError::invalid(vec![slipway_core::FieldError::new(e.field(), e.to_string())])
-        }
+        SetError::Spec(e) => ApiError::invalid(vec![slipway_core::FieldError::new(
+            e.field(),
+            e.to_string(),
+        )]),
         SetError::Registry(RegistryError::NotFound(name)) => {
             ApiError::NotFound(format!("no plugin is named {name}"))
         }

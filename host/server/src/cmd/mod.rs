@@ -1,5 +1,6 @@
 //! The client commands: each parses its arguments, calls the API, and prints a table or JSON.
 
+pub mod hosts;
 pub mod place;
 pub mod staged;
 
@@ -526,8 +527,13 @@ pub struct PluginArgs {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// List the loaded plugins.
+    /// List the plugins: bundled, and installed through the API.
     List,
+    /// Install a plugin directory (plugin.toml and its component), or replace the plugin of its
+    /// name, without restarting the server.
+    Install { dir: PathBuf },
+    /// Remove an installed plugin (a bundled one of its name comes back).
+    Remove { name: String },
 }
 
 pub async fn plugin(args: PluginArgs) -> anyhow::Result<()> {
@@ -539,7 +545,7 @@ pub async fn plugin(args: PluginArgs) -> anyhow::Result<()> {
                 return print_json(&plugins);
             }
             table(
-                &["name", "version", "kind", "contract"],
+                &["name", "version", "kind", "contract", "source"],
                 plugins
                     .iter()
                     .map(|p| {
@@ -548,10 +554,31 @@ pub async fn plugin(args: PluginArgs) -> anyhow::Result<()> {
                             p.version.clone(),
                             p.kind.clone(),
                             p.contract.clone(),
+                            p.source.clone(),
                         ]
                     })
                     .collect(),
             );
+            Ok(())
+        }
+        PluginCommand::Install { dir } => {
+            let installed = hosts::install_plugin(&client, &dir).await?;
+            if client.json {
+                return print_json(&installed);
+            }
+            println!(
+                "installed {} {}",
+                installed["name"].as_str().unwrap_or_default(),
+                installed["version"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
+        PluginCommand::Remove { name } => {
+            let removed: LoadedPlugin = client.delete(&format!("/v1/plugins/{name}")).await?;
+            if client.json {
+                return print_json(&removed);
+            }
+            println!("removed {} {}", removed.name, removed.version);
             Ok(())
         }
     }

@@ -366,6 +366,15 @@ fn serve_help_documents_every_option_with_its_variable() {
         ("--max-json-body", "SLIPWAY_MAX_JSON_BODY"),
         ("--guest-agent", "SLIPWAY_GUEST_AGENT"),
         ("--work-dir", "SLIPWAY_WORK_DIR"),
+        ("--heartbeat-interval-ms", "SLIPWAY_HEARTBEAT_INTERVAL_MS"),
+        ("--missed-heartbeats", "SLIPWAY_MISSED_HEARTBEATS"),
+        ("--claim-ttl", "SLIPWAY_CLAIM_TTL"),
+        ("--cpu-allocation-ratio", "SLIPWAY_CPU_ALLOCATION_RATIO"),
+        (
+            "--memory-allocation-ratio",
+            "SLIPWAY_MEMORY_ALLOCATION_RATIO",
+        ),
+        ("--disk-allocation-ratio", "SLIPWAY_DISK_ALLOCATION_RATIO"),
     ] {
         assert!(help.contains(flag), "{flag} undocumented");
         assert!(
@@ -374,7 +383,7 @@ fn serve_help_documents_every_option_with_its_variable() {
         );
     }
     // Every option has a sentence, not just a name.
-    assert_eq!(help.matches("[env: SLIPWAY_").count(), 17, "{help}");
+    assert_eq!(help.matches("[env: SLIPWAY_").count(), 23, "{help}");
 }
 
 #[test]
@@ -445,4 +454,163 @@ fn the_config_file_sets_options_and_the_environment_overrides_it() {
 
 fn start_with_env(data: &Path, env: &[(&str, &str)]) -> ServerProcess {
     ServerProcess::start_with(data, &[], env)
+}
+
+/// Joins a host the way `slipway-agent` does, over HTTP.
+fn join_host(url: &str, token: &str, name: &str, cpus: u32, memory_mib: u64) {
+    let body = json!({
+        "join_token": token, "agent_id": format!("agent-{name}-0000"), "name": name,
+        "agent_url": "http://127.0.0.1:1", "agent_secret": "0123456789abcdef0123",
+        "report": crate::hosts::report(cpus, memory_mib, 100_000, &[("rack", "r1")]),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/agent/join"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status.as_u16(), 201);
+}
+
+#[test]
+fn the_cli_shows_hosts_places_explains_and_changes_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = crate::hosts::first_party_plugins(dir.path());
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--plugins", plugins.to_str().unwrap()],
+    );
+    let admin = server.admin_token();
+    let token = ok(&server.cli(
+        &admin,
+        &[
+            "host",
+            "join-token",
+            "create",
+            "--name",
+            "rack-1",
+            "--uses",
+            "2",
+        ],
+    ));
+    let token = token.trim();
+    join_host(&server.url, token, "node-a", 4, 8192);
+    join_host(&server.url, token, "node-b", 8, 32_768);
+
+    let table = ok(&server.cli(&admin, &["host", "list"]));
+    assert!(table.contains("NAME") && table.contains("STATE"), "{table}");
+    let row = table.lines().find(|l| l.contains("node-b")).unwrap();
+    assert!(
+        row.contains("ready")
+            && row.contains("0/32")
+            && row.contains("0.0/32.0 GiB")
+            && row.contains("rack=r1"),
+        "{table}"
+    );
+    let drained = ok(&server.cli(&admin, &["host", "drain", "node-a"]));
+    assert!(drained.contains("node-a is draining"), "{drained}");
+
+    let decided = ok(&server.cli(
+        &admin,
+        &[
+            "placement",
+            "decide",
+            "--vcpus",
+            "2",
+            "--memory-mib",
+            "2048",
+        ],
+    ));
+    assert!(decided.contains("1/2 hosts fit: 1 draining"), "{decided}");
+    assert!(decided.contains("chosen:   node-b"), "{decided}");
+    assert!(decided.contains("claimed:  "), "{decided}");
+    let claims = json_out(&server.cli(&admin, &["claim", "list", "--json"]));
+    assert_eq!(claims.as_array().unwrap().len(), 1);
+
+    // Nothing fits: the reasons and the closest host, and a non-zero exit.
+    let out = server.cli(
+        &admin,
+        &[
+            "placement",
+            "decide",
+            "--vcpus",
+            "2",
+            "--memory-mib",
+            "65536",
+            "--label",
+            "rack=r9",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("0/2 hosts fit: 1 insufficient memory (capacity-filter), 1 draining"),
+        "{text}"
+    );
+    assert!(
+        text.contains("closest:  node-b, which lacks: insufficient memory"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("no host can take this VM"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The pipeline, changed from a file; a plugin installed from its directory.
+    let spec = dir.path().join("pipeline.json");
+    std::fs::write(
+        &spec,
+        json!({ "steps": [{ "plugin": "capacity-filter" }, { "plugin": "spread-score", "weight": 2 }] })
+            .to_string(),
+    )
+    .unwrap();
+    let set = ok(&server.cli(
+        &admin,
+        &["placement", "set-pipeline", spec.to_str().unwrap()],
+    ));
+    assert!(
+        set.contains("running: capacity-filter@0.1.0 → spread-score@0.1.0"),
+        "{set}"
+    );
+    let hostile = std::path::Path::new(slipway_test_artifacts::TEST_PLUGIN_HOSTILE.dir);
+    let installed = ok(&server.cli(&admin, &["plugin", "install", hostile.to_str().unwrap()]));
+    assert!(installed.contains("installed hostile 0.1.0"), "{installed}");
+    let listed = ok(&server.cli(&admin, &["plugin", "list"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("hostile") && l.contains("installed")),
+        "{listed}"
+    );
+
+    let metrics = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            reqwest::get(format!("{}/metrics", server.url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    assert!(
+        metrics.contains("slipway_hosts{state=\"draining\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("slipway_placements_total{result=\"no_host\"} 1"),
+        "{metrics}"
+    );
 }

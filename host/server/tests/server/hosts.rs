@@ -97,7 +97,14 @@ async fn join_as(app: &TestApp, token: &str, agent_id: &str, name: &str, report:
 }
 
 async fn join(app: &TestApp, token: &str, name: &str, report: Value) -> Agent {
-    let reply = join_as(app, token, &format!("agent-{name}-0000"), name, report.clone()).await;
+    let reply = join_as(
+        app,
+        token,
+        &format!("agent-{name}-0000"),
+        name,
+        report.clone(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     Agent {
         id: reply.body["host_id"].as_str().unwrap().to_owned(),
@@ -141,7 +148,13 @@ async fn host(app: &TestApp, id: &str) -> Value {
 async fn agents_join_heartbeat_and_join_again_as_the_same_host() {
     let app = app_with(|_| {}).await;
     let token = join_token(&app, json!({ "rack": "r1", "zone": "a" }), None).await;
-    let mut a = join(&app, &token, "node-1", report(8, 16_384, 100_000, &[("zone", "b")])).await;
+    let mut a = join(
+        &app,
+        &token,
+        "node-1",
+        report(8, 16_384, 100_000, &[("zone", "b")]),
+    )
+    .await;
 
     let h = host(&app, &a.id).await;
     assert_eq!(h["state"], "ready");
@@ -156,7 +169,11 @@ async fn agents_join_heartbeat_and_join_again_as_the_same_host() {
         json!({ "rack": "r1", "zone": "b" }),
         "the join token's labels, under the agent's own"
     );
-    assert_eq!(host(&app, "node-1").await["id"], a.id.as_str(), "by name too");
+    assert_eq!(
+        host(&app, "node-1").await["id"],
+        a.id.as_str(),
+        "by name too"
+    );
 
     let reply = beat(&app, &mut a).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
@@ -177,7 +194,11 @@ async fn agents_join_heartbeat_and_join_again_as_the_same_host() {
     assert_eq!(again.body["created"], false);
     assert_eq!(again.body["host_id"], a.id.as_str());
     let list = app.get("/v1/hosts").await;
-    assert_eq!(list.body["items"].as_array().unwrap().len(), 1, "no duplicate");
+    assert_eq!(
+        list.body["items"].as_array().unwrap().len(),
+        1,
+        "no duplicate"
+    );
     let old = beat(&app, &mut a).await;
     assert_eq!(old.status, StatusCode::UNAUTHORIZED, "{}", old.body);
     a.credential = again.body["credential"].as_str().unwrap().to_owned();
@@ -189,7 +210,13 @@ async fn agents_join_heartbeat_and_join_again_as_the_same_host() {
     assert_eq!(clash.status, StatusCode::CONFLICT, "{}", clash.body);
 
     // Filters.
-    join(&app, &token, "node-2", report(4, 8192, 1000, &[("zone", "c")])).await;
+    join(
+        &app,
+        &token,
+        "node-2",
+        report(4, 8192, 1000, &[("zone", "c")]),
+    )
+    .await;
     let by_label = app.get("/v1/hosts?label=zone=c").await;
     let names: Vec<&str> = by_label.body["items"]
         .as_array()
@@ -314,9 +341,7 @@ async fn join_tokens_are_checked_and_counted() {
     assert!(after.body["detail"].as_str().unwrap().contains("revoked"));
 
     // Operators may not make join tokens; bodies are checked by field.
-    let op = app
-        .post("/v1/join-tokens", json!({ "name": "x" }))
-        .await;
+    let op = app.post("/v1/join-tokens", json!({ "name": "x" })).await;
     assert_eq!(op.status, StatusCode::FORBIDDEN);
     let token = join_token(&app, json!({}), None).await;
     let bad = app
@@ -331,7 +356,12 @@ async fn join_tokens_are_checked_and_counted() {
         )
         .await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
-    assert_eq!(bad.body["errors"].as_array().unwrap().len(), 4, "{}", bad.body);
+    assert_eq!(
+        bad.body["errors"].as_array().unwrap().len(),
+        4,
+        "{}",
+        bad.body
+    );
 }
 
 #[tokio::test]
@@ -360,7 +390,12 @@ async fn a_silent_host_becomes_unreachable_gets_no_placements_and_comes_back() {
 
     // Only `big` could take this VM: while it is unreachable, nothing can.
     let refused = place(&app, vm(8, 32_768)).await;
-    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
     assert_eq!(refused.problem(), "no-host");
     let why = &refused.body["placement"];
     assert_eq!(why["left_out"]["unreachable"], 1, "{why}");
@@ -446,7 +481,11 @@ async fn a_thousand_concurrent_placements_never_over_commit() {
                 n_refused += 1;
                 assert_eq!(reply.problem(), "no-host", "{}", reply.body);
                 let rejections = reply.body["placement"]["rejections"].as_array().unwrap();
-                assert!(!rejections.is_empty(), "refused with reasons: {}", reply.body);
+                assert!(
+                    !rejections.is_empty(),
+                    "refused with reasons: {}",
+                    reply.body
+                );
             }
             other => panic!("unexpected {other}: {}", reply.body),
         }
@@ -464,7 +503,10 @@ async fn a_thousand_concurrent_placements_never_over_commit() {
         assert_eq!(h["claimed"]["vcpus"], vcpus, "{h}");
         assert_eq!(h["claimed"]["memory_mib"], memory, "{h}");
         assert_eq!(h["claims"], count);
-        assert!(vcpus <= 8 && memory <= 8192, "host {id} over-committed: {h}");
+        assert!(
+            vcpus <= 8 && memory <= 8192,
+            "host {id} over-committed: {h}"
+        );
         claims_seen += count;
         let record = app.app.store.host(id).await.unwrap();
         assert_eq!(u64::from(record.claimed.vcpus), vcpus);
@@ -480,7 +522,13 @@ async fn nothing_fits_names_the_reasons_and_the_closest_host() {
     let app = app_with(|_| {}).await;
     let token = join_token(&app, json!({}), None).await;
     join(&app, &token, "a", report(4, 4096, 10_000, &[("rack", "b")])).await;
-    join(&app, &token, "b", report(4, 65_536, 10_000, &[("rack", "a")])).await;
+    join(
+        &app,
+        &token,
+        "b",
+        report(4, 65_536, 10_000, &[("rack", "a")]),
+    )
+    .await;
     join(&app, &token, "c", report(4, 2048, 10_000, &[("rack", "a")])).await;
     let reply = place(
         &app,
@@ -488,7 +536,12 @@ async fn nothing_fits_names_the_reasons_and_the_closest_host() {
                 "required_labels": { "rack": "b" } }),
     )
     .await;
-    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
     let why = &reply.body["placement"];
     assert_eq!(
         why["summary"],
@@ -501,10 +554,12 @@ async fn nothing_fits_names_the_reasons_and_the_closest_host() {
         json!([{ "plugin": "capacity-filter", "reason": "insufficient memory", "detail": "4096 MiB" }]),
         "{why}"
     );
-    assert!(reply.body["detail"]
-        .as_str()
-        .unwrap()
-        .starts_with("no host can take this VM: 0/3 hosts fit"));
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("no host can take this VM: 0/3 hosts fit")
+    );
 }
 
 #[tokio::test]
@@ -536,7 +591,11 @@ async fn a_placement_explains_its_choice_and_a_dry_run_claims_nothing() {
     assert_eq!(why["summary"], "2/2 hosts fit");
     assert_eq!(
         why["pipeline"],
-        json!(["capacity-filter@0.1.0", "label-filter@0.1.0", "binpack-score@0.1.0"])
+        json!([
+            "capacity-filter@0.1.0",
+            "label-filter@0.1.0",
+            "binpack-score@0.1.0"
+        ])
     );
     assert_eq!(why["chosen"]["scores"][0]["plugin"], "binpack-score");
     assert_eq!(why["chosen"]["scores"][0]["normalised"], 1.0);
@@ -570,11 +629,17 @@ async fn a_placement_explains_its_choice_and_a_dry_run_claims_nothing() {
 
     // Bad requests are refused by field.
     let bad = app
-        .post("/v1/placements", json!({ "request": { "vcpus": 0, "memory_mib": 1, "arch": "x86_64" } }))
+        .post(
+            "/v1/placements",
+            json!({ "request": { "vcpus": 0, "memory_mib": 1, "arch": "x86_64" } }),
+        )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
     let bad = app
-        .post("/v1/placements", json!({ "request": { "vcpus": 1, "memory_mib": 1, "arch": "vax" } }))
+        .post(
+            "/v1/placements",
+            json!({ "request": { "vcpus": 1, "memory_mib": 1, "arch": "vax" } }),
+        )
         .await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
     assert_eq!(bad.body["errors"][0]["field"], "request.arch");
@@ -687,10 +752,9 @@ async fn plugins_and_the_pipeline_change_at_run_time_and_a_trap_fails_one_decisi
     join(&app, &token, "b", report(8, 16_384, 10_000, &[])).await;
 
     // Install the hostile plugin without a restart.
-    let manifest = std::fs::read_to_string(
-        Path::new(artifacts::TEST_PLUGIN_HOSTILE.dir).join("plugin.toml"),
-    )
-    .unwrap();
+    let manifest =
+        std::fs::read_to_string(Path::new(artifacts::TEST_PLUGIN_HOSTILE.dir).join("plugin.toml"))
+            .unwrap();
     let wasm = std::fs::read(artifacts::TEST_PLUGIN_HOSTILE.wasm).unwrap();
     let installed = app
         .send(plugin_upload(&app, "hostile", &manifest, wasm.clone()))
@@ -701,7 +765,12 @@ async fn plugins_and_the_pipeline_change_at_run_time_and_a_trap_fails_one_decisi
         .call(Method::GET, "/v1/plugins", Some(&app.admin), None)
         .await;
     assert!(
-        listed.body.as_array().unwrap().iter().any(|p| p["name"] == "hostile"),
+        listed
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "hostile"),
         "{}",
         listed.body
     );
@@ -730,16 +799,33 @@ async fn plugins_and_the_pipeline_change_at_run_time_and_a_trap_fails_one_decisi
     assert_eq!(set.status, StatusCode::OK, "{}", set.body);
     assert_eq!(
         set.body["running"],
-        json!(["capacity-filter@0.1.0", "hostile@0.1.0", "spread-score@0.1.0"])
+        json!([
+            "capacity-filter@0.1.0",
+            "hostile@0.1.0",
+            "spread-score@0.1.0"
+        ])
     );
     let trapped = place(&app, vm(3, 512)).await;
-    assert_eq!(trapped.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", trapped.body);
+    assert_eq!(
+        trapped.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        trapped.body
+    );
     assert_eq!(trapped.problem(), "plugin-failed");
     let detail = trapped.body["detail"].as_str().unwrap();
     assert!(detail.contains("plugin hostile trapped"), "{detail}");
     let next = place(&app, vm(2, 512)).await;
-    assert_eq!(next.status, StatusCode::CREATED, "the next decision works: {}", next.body);
-    assert_eq!(next.body["host"]["name"], "b", "spread-score prefers the emptier host");
+    assert_eq!(
+        next.status,
+        StatusCode::CREATED,
+        "the next decision works: {}",
+        next.body
+    );
+    assert_eq!(
+        next.body["host"]["name"], "b",
+        "spread-score prefers the emptier host"
+    );
     let metrics = app.get("/metrics").await;
     let text = metrics.body.as_str().unwrap();
     assert!(
@@ -747,10 +833,15 @@ async fn plugins_and_the_pipeline_change_at_run_time_and_a_trap_fails_one_decisi
         "{text}"
     );
     assert!(
-        text.contains("slipway_plugin_call_duration_seconds_count{plugin=\"spread-score\",call=\"score\"} 1"),
+        text.contains(
+            "slipway_plugin_call_duration_seconds_count{plugin=\"spread-score\",call=\"score\"} 1"
+        ),
         "{text}"
     );
-    assert!(text.contains("slipway_placement_duration_seconds_count 2"), "{text}");
+    assert!(
+        text.contains("slipway_placement_duration_seconds_count 2"),
+        "{text}"
+    );
     assert!(text.contains("slipway_hosts{state=\"ready\"} 2"), "{text}");
 
     // The revision guards concurrent edits; a bad pipeline is refused by field.
@@ -764,10 +855,21 @@ async fn plugins_and_the_pipeline_change_at_run_time_and_a_trap_fails_one_decisi
                 .unwrap(),
         )
         .await;
-    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{}", stale.body);
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
     for (steps, field) in [
-        (json!([{ "plugin": "capacity-filter" }, { "plugin": "nope" }]), "steps[1].plugin"),
-        (json!([{ "plugin": "spread-score", "weight": -1.0 }]), "steps"),
+        (
+            json!([{ "plugin": "capacity-filter" }, { "plugin": "nope" }]),
+            "steps[1].plugin",
+        ),
+        (
+            json!([{ "plugin": "spread-score", "weight": -1.0 }]),
+            "steps",
+        ),
         (
             json!([{ "plugin": "capacity-filter", "config": { "cpu-allocation-ratio": "lots" } }]),
             "steps[0].config",
@@ -781,7 +883,12 @@ async fn plugins_and_the_pipeline_change_at_run_time_and_a_trap_fails_one_decisi
                 Some(json!({ "steps": steps })),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.body
+        );
         assert_eq!(reply.body["errors"][0]["field"], field, "{}", reply.body);
     }
 
@@ -797,7 +904,12 @@ async fn plugins_and_the_pipeline_change_at_run_time_and_a_trap_fails_one_decisi
     );
     // Removing it is refused while a step uses it; disabling the step first allows it.
     let in_use = app
-        .call(Method::DELETE, "/v1/plugins/hostile", Some(&app.admin), None)
+        .call(
+            Method::DELETE,
+            "/v1/plugins/hostile",
+            Some(&app.admin),
+            None,
+        )
         .await;
     assert_eq!(in_use.status, StatusCode::CONFLICT, "{}", in_use.body);
     let disabled = app
@@ -814,19 +926,44 @@ async fn plugins_and_the_pipeline_change_at_run_time_and_a_trap_fails_one_decisi
         .await;
     assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
     let removed = app
-        .call(Method::DELETE, "/v1/plugins/hostile", Some(&app.admin), None)
+        .call(
+            Method::DELETE,
+            "/v1/plugins/hostile",
+            Some(&app.admin),
+            None,
+        )
         .await;
     assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
-    assert!(!app.dir.path().join("data/plugins-installed/hostile").exists());
+    assert!(
+        !app.dir
+            .path()
+            .join("data/plugins-installed/hostile")
+            .exists()
+    );
     // A manifest naming another plugin, or a component that is not one, changes nothing.
     let mismatch = app
         .send(plugin_upload(&app, "other", &manifest, wasm))
         .await;
-    assert_eq!(mismatch.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", mismatch.body);
+    assert_eq!(
+        mismatch.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        mismatch.body
+    );
     let garbage = app
-        .send(plugin_upload(&app, "hostile", &manifest, b"not wasm".to_vec()))
+        .send(plugin_upload(
+            &app,
+            "hostile",
+            &manifest,
+            b"not wasm".to_vec(),
+        ))
         .await;
-    assert_eq!(garbage.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", garbage.body);
+    assert_eq!(
+        garbage.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        garbage.body
+    );
     assert_eq!(place(&app, vm(1, 512)).await.status, StatusCode::CREATED);
 }
 
@@ -842,7 +979,13 @@ async fn the_inventory_and_pipeline_survive_a_restart() {
     let server = slipway_server::Server::start(config()).await.unwrap();
     let app = TestApp::attach(server.app.clone()).await;
     let token = join_token(&app, json!({}), None).await;
-    let mut a = join(&app, &token, "a", report(4, 8192, 10_000, &[("rack", "r1")])).await;
+    let mut a = join(
+        &app,
+        &token,
+        "a",
+        report(4, 8192, 10_000, &[("rack", "r1")]),
+    )
+    .await;
     assert_eq!(beat(&app, &mut a).await.status, StatusCode::OK);
     let placed = place(&app, vm(2, 1024)).await;
     assert_eq!(placed.status, StatusCode::CREATED);
@@ -851,7 +994,9 @@ async fn the_inventory_and_pipeline_survive_a_restart() {
             Method::PUT,
             "/v1/placement/pipeline",
             Some(&app.admin),
-            Some(json!({ "steps": [{ "plugin": "capacity-filter" }, { "plugin": "spread-score" }] })),
+            Some(
+                json!({ "steps": [{ "plugin": "capacity-filter" }, { "plugin": "spread-score" }] }),
+            ),
         )
         .await;
     assert_eq!(set.status, StatusCode::OK, "{}", set.body);
