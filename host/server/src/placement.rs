@@ -495,7 +495,11 @@ impl Placement {
                 explanation.elapsed_us = elapsed_us(started);
                 return Err(PlaceError::NoHost(Box::new(explanation)));
             };
-            let host_id = &snapshot.ids[chosen as usize];
+            let host_id = snapshot.ids[chosen as usize].clone();
+            // Heartbeats that arrive while the claim is written would copy the fleet to keep
+            // this snapshot intact: let it go first.
+            drop(snapshot);
+            let host_id = &host_id;
             let host = self.host_ref(host_id);
             if options.dry_run {
                 explanation.elapsed_us = elapsed_us(started);

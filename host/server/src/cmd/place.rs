@@ -11,6 +11,8 @@ use slipway_core::{Arch, HostSnapshot, PlacementRequest, sample};
 use slipway_runtime::placement::{FleetBuilder, Pipeline, Step};
 use slipway_runtime::{PluginPackage, Runtime, RuntimeConfig};
 
+use super::hosts::parse_label;
+
 #[derive(Parser)]
 pub struct PlaceArgs {
     /// A directory of plugin directories (each with plugin.toml and its component).
@@ -58,13 +60,6 @@ enum ArchArg {
 enum Strategy {
     Binpack,
     Spread,
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("label {s:?} must be written key=value"))?;
-    Ok((k.to_owned(), v.to_owned()))
 }
 
 fn load_step(
