@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Largest JSON body, in bytes [default: 1 MiB].
     #[arg(long, env = "SLIPWAY_MAX_JSON_BODY")]
     pub max_json_body: Option<usize>,
+    /// A `slipway-agent` binary to run on this machine as a host of this server, restarted if it
+    /// exits, its state in <data-dir>/local-agent [default: none].
+    #[arg(long, env = "SLIPWAY_LOCAL_AGENT")]
+    pub local_agent: Option<PathBuf>,
     /// Milliseconds between an agent's heartbeats; agents follow what the server says
     /// [default: 10000].
     #[arg(long, env = "SLIPWAY_HEARTBEAT_INTERVAL_MS")]
@@ -114,6 +118,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub plugins: Option<PathBuf>,
     pub guest_agent: Option<PathBuf>,
+    pub local_agent: Option<PathBuf>,
     pub log: Option<String>,
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -176,6 +181,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub plugins: PathBuf,
     pub guest_agent: Option<PathBuf>,
+    pub local_agent: Option<PathBuf>,
     pub log: String,
     pub log_format: LogFormat,
     pub max_virtual_size: u64,
@@ -241,6 +247,7 @@ impl Config {
                 .or(file.plugins)
                 .unwrap_or_else(|| data_dir.join("plugins")),
             guest_agent: args.guest_agent.or(file.guest_agent),
+            local_agent: args.local_agent.or(file.local_agent),
             log: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             log_format: args
                 .log_format

@@ -12,6 +12,7 @@ pub mod events;
 pub mod images;
 pub mod inventory;
 pub mod jobs;
+pub mod local_agent;
 pub mod metrics;
 pub mod monitor;
 pub mod placement;

@@ -256,6 +256,11 @@ pub enum PlaceError {
     Plugin(#[from] PluginError),
     #[error("the request is not valid: {0}")]
     Invalid(String),
+    /// Other servers kept claiming the hosts this one chose.
+    #[error("{0}")]
+    Contended(String),
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -480,7 +485,7 @@ impl Placement {
                 (snapshot, decided)
             })
             .await
-            .map_err(|e| PlaceError::Invalid(format!("the decision panicked: {e}")))?;
+            .map_err(|e| PlaceError::Internal(format!("the decision panicked: {e}")))?;
             let (decision, all) = match decided {
                 Ok(d) => d,
                 Err(e) => {
@@ -553,8 +558,8 @@ impl Placement {
                 }
             }
         }
-        Err(PlaceError::Invalid(format!(
-            "the store refused {ATTEMPTS} claims in a row ({}); try again",
+        Err(PlaceError::Contended(format!(
+            "the store refused {ATTEMPTS} claims in a row ({}): other decisions took those hosts first; try again",
             conflicts.join(", ")
         )))
     }

@@ -239,6 +239,16 @@ impl Server {
         let grace = app.config.shutdown_grace;
         let jobs = app.jobs.clone();
         let monitor = tokio::spawn(crate::monitor::run(app.clone()));
+        let local_agent = app.config.local_agent.clone().map(|binary| {
+            // Listening on every address, the server is reached on loopback.
+            let ip = if addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                addr.ip()
+            };
+            let url = format!("http://{}", SocketAddr::new(ip, addr.port()));
+            tokio::spawn(crate::local_agent::run(app.clone(), binary, url))
+        });
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -259,6 +269,9 @@ impl Server {
             }
             // The monitor writes the last heartbeats before it ends.
             let _ = monitor.await;
+            if let Some(agent) = local_agent {
+                let _ = agent.await;
+            }
             Ok(())
         });
         Ok(Server { addr, app, task })

@@ -45,6 +45,7 @@ pub struct PlacementBody {
         (status = 200, body = Placed, description = "A dry run: where it would go"),
         (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 422, body = Problem, description = "No host fits, or the request is invalid"),
+        (status = 503, body = Problem, description = "Other servers kept taking the chosen hosts; try again"),
         (status = 500, body = Problem, description = "A plugin failed the decision; the problem names it")))]
 pub async fn place(
     caller: Caller<Operator>,
@@ -71,6 +72,8 @@ pub async fn place(
             PlaceError::NoHost(explanation) => ApiError::NoHost(explanation),
             PlaceError::Plugin(e) => ApiError::PluginFailed(e.to_string()),
             PlaceError::Invalid(detail) => ApiError::BadRequest(detail),
+            PlaceError::Contended(detail) => ApiError::Busy(detail),
+            PlaceError::Internal(detail) => ApiError::Internal(detail),
             PlaceError::Store(e) => e.into(),
         })?;
     if let Some(claim) = &placed.claim {

@@ -375,6 +375,7 @@ fn serve_help_documents_every_option_with_its_variable() {
             "SLIPWAY_MEMORY_ALLOCATION_RATIO",
         ),
         ("--disk-allocation-ratio", "SLIPWAY_DISK_ALLOCATION_RATIO"),
+        ("--local-agent", "SLIPWAY_LOCAL_AGENT"),
     ] {
         assert!(help.contains(flag), "{flag} undocumented");
         assert!(
@@ -383,7 +384,7 @@ fn serve_help_documents_every_option_with_its_variable() {
         );
     }
     // Every option has a sentence, not just a name.
-    assert_eq!(help.matches("[env: SLIPWAY_").count(), 23, "{help}");
+    assert_eq!(help.matches("[env: SLIPWAY_").count(), 24, "{help}");
 }
 
 #[test]

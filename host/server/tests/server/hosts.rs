@@ -1020,3 +1020,74 @@ async fn the_inventory_and_pipeline_survive_a_restart() {
     drop(app);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn two_servers_sharing_one_database_never_over_commit() {
+    // Each server decides on its own inventory, which the other's claims make stale: only the
+    // store's conditional claim stands between them and an over-committed host.
+    let one = Arc::new(app_with(|_| {}).await);
+    let token = join_token(&one, json!({}), None).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            join(
+                &one,
+                &token,
+                &format!("n{i}"),
+                report(2, 4096, 100_000, &[]),
+            )
+            .await
+            .id,
+        );
+    }
+    let mut config = one.app.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let two = Arc::new(TestApp::open(config, tempfile::tempdir().unwrap()).await);
+    assert_eq!(
+        two.get("/v1/hosts").await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4,
+        "the second server reads the same hosts"
+    );
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            let app = if i % 2 == 0 { one.clone() } else { two.clone() };
+            tokio::spawn(async move { place(&app, vm(1, 256)).await })
+        })
+        .collect();
+    let (mut placed, mut conflicts) = (0u64, 0);
+    for task in tasks {
+        let reply = task.await.unwrap();
+        match reply.status {
+            StatusCode::CREATED => {
+                placed += 1;
+                conflicts += reply.body["explanation"]["claim_conflicts"]
+                    .as_array()
+                    .map_or(0, Vec::len);
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => {}
+            StatusCode::SERVICE_UNAVAILABLE => conflicts += 1,
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    assert!(
+        conflicts > 0,
+        "the two servers never raced: the test tests nothing"
+    );
+    // 4 hosts × 8 claimable vCPUs: at most 32 VMs of one vCPU.
+    assert!(placed <= 32, "{placed} placed");
+    assert!(placed >= 16, "most of the room is used: {placed} placed");
+    let mut claimed = 0;
+    for id in &ids {
+        let record = one.app.store.host(id).await.unwrap();
+        assert!(record.claimed.vcpus <= 8, "{id} over-committed: {record:?}");
+        claimed += u64::from(record.claimed.vcpus);
+    }
+    assert_eq!(claimed, placed);
+    assert_eq!(
+        one.app.store.all_claims().await.unwrap().len() as u64,
+        placed
+    );
+}
