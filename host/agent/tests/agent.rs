@@ -303,3 +303,36 @@ async fn an_agent_without_credential_or_join_token_says_what_it_needs() {
     assert!(stderr.contains("join token is unknown"), "{stderr}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_local_agent_has_its_own_machine_as_a_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let mut config = Config::with_data_dir(&data);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.local_agent = Some(env!("CARGO_BIN_EXE_slipway-agent").into());
+    let server = Server::start(config).await.unwrap();
+    let url = format!("http://{}", server.addr);
+    let api = Api::new(&url, &data);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let host = loop {
+        let hosts = api.hosts().await;
+        if let [host] = hosts.as_slice()
+            && host["state"] == "ready"
+        {
+            break host.clone();
+        }
+        assert!(Instant::now() < deadline, "no local host: {hosts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(host["report"]["cpus"].as_u64().unwrap() >= 1);
+    assert!(data.join("local-agent/agent.json").exists());
+    // The server stops its agent with it.
+    server.stop().await.unwrap();
+    let out = Command::new("pgrep")
+        .args(["-f", &data.join("local-agent").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "the local agent outlived the server");
+}
