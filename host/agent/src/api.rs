@@ -27,16 +27,17 @@ pub fn router(shared: AppState) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/vms", get(vms))
-        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .with_state(shared)
 }
 
-fn problem(status: StatusCode, detail: &str) -> Response {
+/// An `application/problem+json` answer, as the server gives them; `kind` completes the type.
+fn problem(status: StatusCode, kind: &str, detail: &str) -> Response {
     let mut response = (
         status,
         axum::Json(json!({
-            "type": format!("urn:slipway:problem:{}", if status == StatusCode::UNAUTHORIZED { "unauthorized" } else { "not-found" }),
-            "title": status.canonical_reason().unwrap_or("error"),
+            "type": format!("urn:slipway:problem:{kind}"),
+            "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "detail": detail,
         })),
@@ -68,6 +69,7 @@ impl FromRequestParts<AppState> for FromServer {
         } else {
             Err(problem(
                 StatusCode::UNAUTHORIZED,
+                "unauthorized",
                 "send the agent's secret as `Authorization: Bearer <secret>`",
             ))
         }
@@ -94,7 +96,7 @@ async fn status(_: FromServer, State(shared): State<AppState>) -> Response {
         .clone();
     match latest {
         Some(report) => axum::Json(report).into_response(),
-        None => problem(StatusCode::NOT_FOUND, "no report read yet"),
+        None => problem(StatusCode::NOT_FOUND, "not-found", "no report read yet"),
     }
 }
 
@@ -104,7 +106,71 @@ async fn vms(_: FromServer, State(shared): State<AppState>) -> axum::Json<Vec<Vm
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
     use super::*;
+
+    fn app() -> Router {
+        let data_dir = std::env::temp_dir().join("slipway-agent-api-test-nonexistent");
+        router(Arc::new(Shared {
+            secret: "0123456789abcdef".into(),
+            data_dir,
+            latest: RwLock::new(None),
+        }))
+    }
+
+    async fn get(path: &str, bearer: Option<&str>) -> (StatusCode, String, serde_json::Value) {
+        let mut request = Request::get(path);
+        if let Some(b) = bearer {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {b}"));
+        }
+        let response = app()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let kind = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, kind, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_is_open() {
+        let (status, _, body) = get("/v1/health", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    #[tokio::test]
+    async fn without_the_secret_the_answer_is_a_401_problem() {
+        for bearer in [None, Some("wrong"), Some("0123456789abcdeF")] {
+            let (status, kind, body) = get("/v1/vms", bearer).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{bearer:?}");
+            assert_eq!(kind, "application/problem+json");
+            assert_eq!(body["status"], 401);
+            assert_eq!(body["type"], "urn:slipway:problem:unauthorized");
+            assert!(body["detail"].as_str().unwrap().contains("Bearer"));
+        }
+    }
+
+    #[tokio::test]
+    async fn with_the_secret_the_answer_is_the_data() {
+        let (status, _, body) = get("/v1/vms", Some("0123456789abcdef")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!([]));
+        // No heartbeat has read the machine yet.
+        let (status, _, _) = get("/v1/status", Some("0123456789abcdef")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn secrets_compare_whole() {

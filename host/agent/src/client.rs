@@ -1,4 +1,6 @@
 //! The agent's side of the protocol: join with a join token, heartbeat with the credential.
+//! Errors are sorted by what the agent does next, and each names the server and the detail of
+//! its problem document.
 
 use std::time::Duration;
 
@@ -7,24 +9,23 @@ use slipway_core::agent::{Heartbeat, HeartbeatAck, JoinRequest, JoinResponse};
 /// How a call to the server went wrong, in the terms the agent acts on.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server could not be reached, or failed (5xx): keep the credential and try again.
+    /// Not reached, or failed (5xx, an answer that is not the protocol's): keep the credential
+    /// and try again.
     #[error("the server at {server} is unavailable: {detail}")]
     Unavailable { server: String, detail: String },
-    /// The credential is not a host's (401 to a heartbeat): join again.
-    #[error("the server does not know this host's credential: {0}")]
-    UnknownCredential(String),
-    /// The heartbeat's sequence number did not grow (409): join again, to start afresh.
-    #[error("the server refused the heartbeat as a replay: {0}")]
-    Replayed(String),
-    /// The server refused the call for good (a bad join token, a name taken, a bad report).
-    #[error("the server refused: {status} {detail}")]
-    Refused { status: u16, detail: String },
-}
-
-impl ClientError {
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, ClientError::Unavailable { .. })
-    }
+    /// 401 to a heartbeat: the credential is not a host's (the host was removed): join again.
+    #[error("the server at {server} does not know this host's credential: {detail}")]
+    UnknownCredential { server: String, detail: String },
+    /// 409 to a heartbeat: its sequence number did not grow: join again, to start afresh.
+    #[error("the server at {server} refused the heartbeat as a replay: {detail}")]
+    Replayed { server: String, detail: String },
+    /// Refused for good: a bad join token, a name taken, a report it will not take.
+    #[error("the server at {server} refused ({status}): {detail}")]
+    Refused {
+        server: String,
+        status: u16,
+        detail: String,
+    },
 }
 
 pub struct ServerClient {
@@ -34,20 +35,19 @@ pub struct ServerClient {
 
 impl ServerClient {
     pub fn new(base: &str) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| ClientError::Unavailable {
-                server: base.to_owned(),
+                server: base.clone(),
                 detail: e.to_string(),
             })?;
-        Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
-            http,
-        })
+        Ok(Self { base, http })
     }
 
+    /// The server's URL, without a trailing slash.
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -76,13 +76,15 @@ impl ServerClient {
             .await;
         match self.answer(response).await {
             Err(ClientError::Refused {
+                server,
                 status: 401,
                 detail,
-            }) => Err(ClientError::UnknownCredential(detail)),
+            }) => Err(ClientError::UnknownCredential { server, detail }),
             Err(ClientError::Refused {
+                server,
                 status: 409,
                 detail,
-            }) => Err(ClientError::Replayed(detail)),
+            }) => Err(ClientError::Replayed { server, detail }),
             other => other,
         }
     }
@@ -95,7 +97,7 @@ impl ServerClient {
             server: self.base.clone(),
             detail,
         };
-        let response = response.map_err(|e| unavailable(e.to_string()))?;
+        let response = response.map_err(|e| unavailable(error_chain(&e)))?;
         let status = response.status();
         if status.is_success() {
             return response
@@ -112,8 +114,21 @@ impl ServerClient {
             return Err(unavailable(format!("{status}: {detail}")));
         }
         Err(ClientError::Refused {
+            server: self.base.clone(),
             status: status.as_u16(),
             detail,
         })
     }
+}
+
+/// reqwest's own message ("error sending request for url ...") hides the cause, such as
+/// "Connection refused", in its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Deserialize;
 
 /// Where the agent listens unless told otherwise: loopback only.
@@ -38,7 +37,7 @@ pub struct AgentArgs {
     /// The host's name in the inventory [default: the hostname].
     #[arg(long, env = "SLIPWAY_AGENT_NAME")]
     pub name: Option<String>,
-    /// A label placement can require, key=value; repeatable.
+    /// A label placement can require, key=value; repeatable (comma-separated in the environment).
     #[arg(long = "label", env = "SLIPWAY_AGENT_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// Memory kept for the host itself, never claimed by VMs, in MiB [default: 0].
@@ -85,6 +84,27 @@ struct FileConfig {
     log_format: Option<LogFormat>,
 }
 
+/// Why the options do not make a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("in the configuration file {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("no data directory: pass --data-dir, or set HOME")]
+    NoDataDir,
+    #[error("{path} holds no join token")]
+    EmptyToken { path: PathBuf },
+}
+
 /// Every option resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -119,7 +139,7 @@ fn hostname() -> String {
 }
 
 impl Config {
-    pub fn resolve(args: AgentArgs) -> anyhow::Result<Self> {
+    pub fn resolve(args: AgentArgs) -> Result<Self, ConfigError> {
         let hint = args.data_dir.clone().or_else(default_data_dir);
         let file_path = args.config.clone().or_else(|| {
             hint.as_ref()
@@ -128,11 +148,10 @@ impl Config {
         });
         let file = match &file_path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("reading the configuration file {}", path.display())
-                })?;
-                toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("in the configuration file {}", path.display()))?
+                toml::from_str::<FileConfig>(&read(path)?).map_err(|source| ConfigError::File {
+                    path: path.clone(),
+                    source,
+                })?
             }
             None => FileConfig::default(),
         };
@@ -140,7 +159,7 @@ impl Config {
             .data_dir
             .or(file.data_dir)
             .or_else(default_data_dir)
-            .context("no data directory: pass --data-dir or set HOME")?;
+            .ok_or(ConfigError::NoDataDir)?;
         let join_token = match (
             args.join_token,
             args.join_token_file.or(file.join_token_file),
@@ -176,12 +195,33 @@ impl Config {
     }
 }
 
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the join token from {}", path.display()))?;
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let text = read(path)?;
     let token = text.trim();
-    anyhow::ensure!(!token.is_empty(), "{} holds no join token", path.display());
+    if token.is_empty() {
+        return Err(ConfigError::EmptyToken {
+            path: path.to_owned(),
+        });
+    }
     Ok(token.to_owned())
+}
+
+/// Creates the data directory if need be, private to the agent's user: it holds the agent's
+/// secret and credential.
+pub fn create_data_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
 #[cfg(test)]
@@ -228,6 +268,7 @@ mod tests {
             ..AgentArgs::default()
         })
         .unwrap_err();
-        assert!(format!("{err:#}").contains("servr"), "{err:#}");
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("servr"), "{chain}");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use slipway_agent::config::{AgentArgs, Config, LogFormat};
 
@@ -10,7 +11,9 @@ use slipway_agent::config::{AgentArgs, Config, LogFormat};
 #[command(
     name = "slipway-agent",
     version,
-    about = "Runs on a host: joins a Slipway server and reports the machine to it"
+    about = "Runs on a host: joins a Slipway server and reports the machine to it",
+    // `slipway-agent [options]` is `run`; options before a subcommand would be ignored.
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Join the server (with a join token, the first time) and heartbeat until stopped.
+    /// Join the server (with a join token, the first time) and heartbeat until stopped; the
+    /// default.
     Run(AgentArgs),
     /// Print the report a heartbeat would carry, as JSON: metrics and the hypervisor probe.
     Report(AgentArgs),
@@ -65,32 +69,36 @@ fn main() -> ExitCode {
 }
 
 fn try_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Report(args)) => report(args),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.args),
+    }
+}
+
+fn report(args: AgentArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(args)?;
+    slipway_agent::config::create_data_dir(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let probe = slipway_agent::probe::Probe::run(config.qemu.as_deref());
+    let report = slipway_agent::metrics::read(&slipway_agent::metrics::Static {
+        data_dir: config.data_dir.clone(),
+        labels: config.labels.clone(),
+        memory_reserved_mib: config.reserved_memory_mib,
+        hypervisor: probe.hypervisor(),
+        features: probe.features.clone(),
+    })?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(args)?;
+    init_logs(&config.log, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    match cli.command {
-        Some(Command::Report(args)) => {
-            let config = Config::resolve(args)?;
-            std::fs::create_dir_all(&config.data_dir)?;
-            let probe = slipway_agent::probe::Probe::run(config.qemu.as_deref());
-            let report = slipway_agent::metrics::read(&slipway_agent::metrics::Static {
-                data_dir: config.data_dir.clone(),
-                labels: config.labels.clone(),
-                memory_reserved_mib: config.reserved_memory_mib,
-                hypervisor: probe.hypervisor(),
-                features: probe.features.clone(),
-            })?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Some(Command::Run(args)) => run(&runtime, args),
-        None => run(&runtime, cli.args),
-    }
-}
-
-fn run(runtime: &tokio::runtime::Runtime, args: AgentArgs) -> anyhow::Result<()> {
-    let config = Config::resolve(args)?;
-    init_logs(&config.log, config.log_format);
-    runtime.block_on(slipway_agent::run::run(config, stop_signal()))
+    runtime.block_on(slipway_agent::run::run(config, stop_signal()))?;
+    Ok(())
 }

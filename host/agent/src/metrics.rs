@@ -96,23 +96,12 @@ pub fn parse_uptime(text: &str) -> Option<u64> {
 
 /// Total and available MiB of the file system holding `path`.
 pub fn disk_mib(path: &Path) -> Result<(u64, u64), MetricsError> {
-    use std::os::unix::ffi::OsStrExt;
-    let statvfs_error = |source| MetricsError::Statvfs {
+    let stat = rustix::fs::statvfs(path).map_err(|e| MetricsError::Statvfs {
         path: path.display().to_string(),
-        source,
-    };
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| statvfs_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c_path` is a valid C string; `stat` is written by statvfs before it is read.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(statvfs_error(std::io::Error::last_os_error()));
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let stat = unsafe { stat.assume_init() };
-    let frsize = stat.f_frsize.max(1);
-    let mib = |blocks: u64| blocks.saturating_mul(frsize) >> 20;
+        source: e.into(),
+    })?;
+    // Blocks count in fragments (f_frsize); f_bavail is what an unprivileged user may fill.
+    let mib = |blocks: u64| blocks.saturating_mul(stat.f_frsize.max(1)) >> 20;
     Ok((mib(stat.f_blocks), mib(stat.f_bavail)))
 }
 

@@ -9,28 +9,51 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use slipway_core::agent::{Heartbeat, JoinRequest};
+use slipway_core::agent::{Heartbeat, HostReport, JoinRequest};
 
 use crate::api::Shared;
 use crate::client::{ClientError, ServerClient};
 use crate::config::Config;
-use crate::metrics::Static;
+use crate::metrics::{MetricsError, Static};
 use crate::probe::Probe;
-use crate::state::{Joined, Sequence, State};
+use crate::state::{Joined, Sequence, State, StateError};
 
-/// The longest pause between attempts to reach an unavailable server.
+/// The longest pause between attempts to reach an unavailable server, before it has said what
+/// interval it wants.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// Why the agent stopped other than by being told to.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no server: pass --server (or set SLIPWAY_AGENT_SERVER)")]
+    NoServer,
+    #[error(
+        "the agent has no credential for {server} and no join token: pass --join-token-file \
+         (a token from `slipway host join-token create`)"
+    )]
+    NoJoinToken { server: String },
+    #[error("the agent's state")]
+    State(#[from] StateError),
+    #[error("reading the machine")]
+    Metrics(#[from] MetricsError),
+    #[error("listening on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("joining the server")]
+    Join(#[source] ClientError),
+    #[error("the hypervisor probe did not finish")]
+    Probe(#[from] tokio::task::JoinError),
+}
 
 /// Runs until `stop` resolves.
 pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let server = config
-        .server
-        .clone()
-        .context("no server: pass --server (or SLIPWAY_AGENT_SERVER)")?;
+) -> Result<(), RunError> {
+    let server = config.server.clone().ok_or(RunError::NoServer)?;
     let server = server.trim_end_matches('/').to_owned();
     let mut state = State::load_or_create(&config.data_dir)?;
     let qemu = config.qemu.clone();
@@ -45,10 +68,14 @@ pub async fn run(
         features: probe.features.clone(),
     };
 
+    let listen_error = |source| RunError::Listen {
+        addr: config.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let bound = listener.local_addr()?;
+        .map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
     let agent_url = config
         .advertise_url
         .clone()
@@ -73,7 +100,7 @@ pub async fn run(
         env!("CARGO_PKG_VERSION")
     );
 
-    let client = ServerClient::new(&server)?;
+    let client = ServerClient::new(&server).map_err(RunError::Join)?;
     let beats = heartbeats(&config, &client, &mut state, &fixed, &shared, &agent_url);
     let result = tokio::select! {
         result = beats => result,
@@ -92,31 +119,28 @@ async fn heartbeats(
     fixed: &Static,
     shared: &Shared,
     agent_url: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let mut seq = Sequence::default();
-    let mut interval = Duration::from_secs(10);
+    let mut interval = MAX_PAUSE;
     let mut pause = Duration::from_secs(1);
     loop {
-        let report = match crate::metrics::read(fixed) {
-            Ok(r) => r,
-            Err(e) => bail!("reading the machine: {e}"),
-        };
+        let report = crate::metrics::read(fixed)?;
         *shared.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
         let joined = match state.credential_for(client.base()).cloned() {
             Some(j) => j,
             None => match join(config, client, state, agent_url, &report).await {
-                Ok(j) => {
-                    seq.reset();
+                Ok((j, asked)) => {
+                    interval = asked;
                     pause = Duration::from_secs(1);
                     j
                 }
-                Err(e) if e.is_unavailable() => {
+                Err(RunError::Join(e @ ClientError::Unavailable { .. })) => {
                     tracing::warn!(error = %e, "cannot join yet; trying again in {} s", pause.as_secs());
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(MAX_PAUSE);
                     continue;
                 }
-                Err(e) => return Err(e).context("joining the server"),
+                Err(e) => return Err(e),
             },
         };
         let beat = Heartbeat {
@@ -126,11 +150,11 @@ async fn heartbeats(
         };
         match client.heartbeat(&joined.credential, &beat).await {
             Ok(ack) => {
-                interval = Duration::from_millis(ack.heartbeat_interval_ms.clamp(50, 3_600_000));
+                interval = interval_from(ack.heartbeat_interval_ms);
                 pause = Duration::from_secs(1);
                 tokio::time::sleep(interval).await;
             }
-            Err(e @ (ClientError::UnknownCredential(_) | ClientError::Replayed(_))) => {
+            Err(e @ (ClientError::UnknownCredential { .. } | ClientError::Replayed { .. })) => {
                 tracing::warn!(error = %e, "joining again");
                 state.joined = None;
                 state.save(&config.data_dir)?;
@@ -151,19 +175,23 @@ async fn heartbeats(
     }
 }
 
+/// The interval the server asks for, within bounds that keep a mistaken value harmless.
+fn interval_from(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(50, 3_600_000))
+}
+
+/// Joins with the join token and the agent's own id, and keeps the credential; returns it with
+/// the heartbeat interval the server wants.
 async fn join(
     config: &Config,
     client: &ServerClient,
     state: &mut State,
     agent_url: &str,
-    report: &slipway_core::agent::HostReport,
-) -> Result<Joined, ClientError> {
+    report: &HostReport,
+) -> Result<(Joined, Duration), RunError> {
     let Some(token) = &config.join_token else {
-        return Err(ClientError::Refused {
-            status: 0,
-            detail: "the agent has no credential for this server and no join token: pass \
-                     --join-token-file (a token from `slipway host join-token create`)"
-                .into(),
+        return Err(RunError::NoJoinToken {
+            server: client.base().to_owned(),
         });
     };
     let answer = client
@@ -175,7 +203,8 @@ async fn join(
             agent_secret: state.agent_secret.clone(),
             report: report.clone(),
         })
-        .await?;
+        .await
+        .map_err(RunError::Join)?;
     tracing::info!(host = %answer.host_id, created = answer.created, "joined the server");
     let joined = Joined {
         server: client.base().to_owned(),
@@ -183,11 +212,6 @@ async fn join(
         credential: answer.credential,
     };
     state.joined = Some(joined.clone());
-    state
-        .save(&config.data_dir)
-        .map_err(|e| ClientError::Refused {
-            status: 0,
-            detail: format!("joined, but the credential could not be kept: {e}"),
-        })?;
-    Ok(joined)
+    state.save(&config.data_dir)?;
+    Ok((joined, interval_from(answer.heartbeat_interval_ms)))
 }

@@ -3,7 +3,7 @@
 //! id and credential, for the server it joined.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,10 +14,13 @@ pub struct State {
     pub agent_id: String,
     /// What the server must present when it calls the agent.
     pub agent_secret: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Beside the rest, not nested: the server's `--local-agent` reads `credential` at the top
+    /// to know whether its agent joined.
+    #[serde(flatten)]
     pub joined: Option<Joined>,
 }
 
+/// What joining gave, and for which server: a different one means joining anew.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Joined {
     pub server: String,
@@ -85,9 +88,7 @@ impl State {
             let path = path.to_owned();
             move |source| StateError::Io { path, source }
         };
-        std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(data_dir))?;
+        crate::config::create_data_dir(data_dir).map_err(io(data_dir))?;
         let tmp = data_dir.join(".agent.json.tmp");
         let _ = std::fs::remove_file(&tmp);
         let mut out = std::fs::OpenOptions::new()
@@ -122,15 +123,12 @@ impl Sequence {
         self.last = now.max(self.last.saturating_add(1));
         self.last
     }
-
-    /// Starts again from the clock: a new credential's sequence starts afresh.
-    pub fn reset(&mut self) {
-        self.last = 0;
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -151,6 +149,14 @@ mod tests {
         again.save(&data).unwrap();
         let back = State::load_or_create(&data).unwrap();
         assert!(back.credential_for("http://a").is_some());
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path(&data)).unwrap()).unwrap();
+        assert_eq!(
+            file["credential"], "c",
+            "at the top, where the server looks"
+        );
+        let dir_mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
         assert!(back.credential_for("http://b").is_none());
         assert!(!data.join(".agent.json.tmp").exists());
     }

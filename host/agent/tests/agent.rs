@@ -182,12 +182,18 @@ async fn an_agent_joins_heartbeats_and_outlives_restarts_of_either_side() {
     assert!(report["disk_total_mib"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["labels"], json!({ "rack": "r1", "zone": "a" }));
     let hypervisor = &report["hypervisor"];
-    if hypervisor["kvm"]["usable"] == false {
-        assert_ne!(hypervisor["accelerator"], "kvm", "{hypervisor}");
-    }
+    let expected = match (
+        hypervisor["qemu"].is_object(),
+        hypervisor["kvm"]["usable"] == true,
+    ) {
+        (false, _) => "none",
+        (true, true) => "kvm",
+        (true, false) => "tcg",
+    };
+    assert_eq!(hypervisor["accelerator"], expected, "{hypervisor}");
     let state: Value =
         serde_json::from_slice(&std::fs::read(agent_data.join("agent.json")).unwrap()).unwrap();
-    assert_eq!(state["joined"]["host_id"], id.as_str());
+    assert_eq!(state["host_id"], id.as_str());
 
     // Its API: open health, the rest with the secret it gave the server.
     let agent_url = host["agent_url"].as_str().unwrap().to_owned();
@@ -248,18 +254,23 @@ async fn an_agent_joins_heartbeats_and_outlives_restarts_of_either_side() {
     .await;
     drop(agent);
 
-    // Removed from the inventory, it joins again as one host.
+    // Removed from the inventory, it joins again, with the same agent id: one host again.
     let agent = Agent::start(&url, &agent_data, Some(&token_file));
+    let removed_at = chrono_now();
     let (status, body) = api
         .call(reqwest::Method::DELETE, &format!("/v1/hosts/{id}"), None)
         .await;
     assert_eq!(status, 200, "{body}");
     let again = api
         .one_host("the removed agent never joined again", &agent, |h| {
-            h["id"] != id.as_str() && h["state"] == "ready"
+            h["state"] == "ready" && h["joined_at"].as_str().unwrap() > removed_at.as_str()
         })
         .await;
     assert_eq!(again["name"], "node-x");
+    let rejoined: Value =
+        serde_json::from_slice(&std::fs::read(agent_data.join("agent.json")).unwrap()).unwrap();
+    assert_eq!(rejoined["agent_id"], state["agent_id"]);
+    assert_eq!(rejoined["host_id"], again["id"]);
     drop(agent);
     server.stop().await.unwrap();
 }
@@ -267,6 +278,55 @@ async fn an_agent_joins_heartbeats_and_outlives_restarts_of_either_side() {
 /// Now, as the API writes times (RFC 3339, milliseconds), for comparing with them as text.
 fn chrono_now() -> String {
     slipway_core::resources::Timestamp::now().to_string()
+}
+
+/// `slipway-agent report` with `--reserved-memory-mib` and a label set in the file, the
+/// environment and on the command line: the command line wins, then the environment.
+#[test]
+fn report_prints_the_machine_with_flags_over_environment_over_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        "reserved_memory_mib = 64\nqemu = \"/nonexistent/qemu\"\n[labels]\nrack = \"r1\"\n",
+    )
+    .unwrap();
+    let report = |envs: &[(&str, &str)], args: &[&str]| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_slipway-agent"))
+            .arg("report")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("SLIPWAY_AGENT_RESERVED_MEMORY_MIB")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let from_file = report(&[], &[]);
+    assert_eq!(from_file["memory_reserved_mib"], 64);
+    assert_eq!(from_file["labels"], json!({ "rack": "r1" }));
+    assert!(from_file["cpus"].as_u64().unwrap() >= 1);
+    assert!(from_file["memory_total_mib"].as_u64().unwrap() > 0);
+    // The configured QEMU does not exist: no QEMU, so no accelerator.
+    assert!(from_file["hypervisor"]["qemu"].is_null());
+    assert_eq!(from_file["hypervisor"]["accelerator"], "none");
+    assert!(
+        !from_file["hypervisor"]["kvm"]["detail"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+
+    let env = [("SLIPWAY_AGENT_RESERVED_MEMORY_MIB", "128")];
+    assert_eq!(report(&env, &[])["memory_reserved_mib"], 128);
+    let flagged = report(&env, &["--reserved-memory-mib", "256", "--label", "zone=b"]);
+    assert_eq!(flagged["memory_reserved_mib"], 256);
+    assert_eq!(flagged["labels"], json!({ "rack": "r1", "zone": "b" }));
 }
 
 #[tokio::test]
