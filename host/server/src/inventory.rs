@@ -418,18 +418,29 @@ impl Inventory {
         Some(inner.slots[i].view())
     }
 
-    /// Every host, by id, filtered.
-    pub fn hosts(&self, filter: impl Fn(&Host) -> bool) -> Vec<Host> {
+    /// A page of hosts in id order: those after `after` that pass `filter`, at most `limit`.
+    /// Only the hosts it looks at are copied out, so a page costs little whatever the fleet.
+    pub fn hosts(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: impl Fn(&Host) -> bool,
+    ) -> Vec<Host> {
         let inner = self.lock();
-        let mut out: Vec<Host> = inner
+        let mut order: Vec<(&str, usize)> = inner
             .slots
             .iter()
-            .filter(|s| s.alive)
-            .map(Slot::view)
-            .filter(|h| filter(h))
+            .enumerate()
+            .filter(|(_, s)| s.alive && after.is_none_or(|a| s.record.id.as_str() > a))
+            .map(|(i, s)| (s.record.id.as_str(), i))
             .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+        order.sort_unstable();
+        order
+            .into_iter()
+            .map(|(_, i)| inner.slots[i].view())
+            .filter(|h| filter(h))
+            .take(limit)
+            .collect()
     }
 
     /// The agent's URL and secret, for calling it.

@@ -626,8 +626,14 @@ impl Placement {
             summary.push_str(": ");
             summary.push_str(&parts.join(", "));
         }
+        // The best four (the chosen and three runners-up), without sorting every host that fit.
+        let order = |&a: &usize, &b: &usize| d.totals[b].total_cmp(&d.totals[a]).then(a.cmp(&b));
         let mut ranked: Vec<usize> = (0..d.survivors.len()).collect();
-        ranked.sort_by(|&a, &b| d.totals[b].total_cmp(&d.totals[a]).then(a.cmp(&b)));
+        if ranked.len() > 4 {
+            ranked.select_nth_unstable_by(3, order);
+            ranked.truncate(4);
+        }
+        ranked.sort_by(order);
         let scored = |k: usize| Scored {
             host: self.host_ref(&snapshot.ids[d.survivors[k] as usize]),
             total: d.totals[k],

@@ -315,11 +315,11 @@ pub async fn list_hosts(
         })
         .transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 500) as usize;
-    let mut hosts = app.inventory.hosts(|h| {
+    // One more than the page tells whether another page follows.
+    let mut hosts = app.inventory.hosts(q.after.as_deref(), limit + 1, |h| {
         state.is_none_or(|s| h.state == s)
             && label.is_none_or(|(k, v)| h.report.labels.get(k).is_some_and(|hv| hv == v))
             && q.name.as_deref().is_none_or(|n| h.name.contains(n))
-            && q.after.as_deref().is_none_or(|after| h.id.as_str() > after)
     });
     let next = if hosts.len() > limit {
         hosts.truncate(limit);

@@ -16,18 +16,7 @@ use crate::support::{Reply, TestApp};
 
 /// A plugin directory with the four first-party placement plugins, as `scripts/run` passes.
 pub fn first_party_plugins(dir: &Path) -> std::path::PathBuf {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    for guest in [
-        artifacts::CAPACITY_FILTER,
-        artifacts::LABEL_FILTER,
-        artifacts::BINPACK_SCORE,
-        artifacts::SPREAD_SCORE,
-    ] {
-        let name = Path::new(guest.dir).file_name().unwrap();
-        std::os::unix::fs::symlink(guest.dir, plugins.join(name)).unwrap();
-    }
-    plugins
+    artifacts::first_party_placement_plugins(dir)
 }
 
 /// An app with the first-party placement plugins and a fast heartbeat.
