@@ -1,11 +1,16 @@
-//! One placement decision — capacity filter, label filter, bin-packing score — over 100, 1,000
-//! and 10,000 hosts, through the WebAssembly plugins and through the same heuristics compiled
-//! natively, on the same data in the same run. Prints medians and the wasm/native ratio.
+//! One placement decision through the full first-party pipeline — capacity filter, label filter,
+//! bin-packing score (weight 1), spreading score (weight 0.5) — over 100, 1,000 and 10,000 hosts,
+//! through the WebAssembly plugins and through the same plugin code compiled natively, on the same
+//! data in the same run. Prints medians and the wasm/native ratio.
 //!
-//! Also measured: the fixed cost of one plugin call (fresh store + instantiate + call) and of
-//! loading a plugin compiled vs from the on-disk cache, and building the columnar fleet.
+//! Also measured: where a 10,000-host decision's time goes (each plugin call, host side
+//! included), each plugin alone over the whole fleet, the fixed cost of one plugin call (fresh
+//! store + instantiate + call), loading a plugin compiled vs from the on-disk cache, and building
+//! the columnar fleet.
 //!
 //! Run: `cargo bench -p slipway-runtime --bench placement` (add `-- --quick` for fewer samples).
+//! `-- --profile SECONDS [HOSTS]` only runs wasm decisions (over 10,000 hosts unless given) for
+//! that long, for `perf record`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -20,26 +25,36 @@ use slipway_test_artifacts as artifacts;
 use support::native;
 
 /// Median wall time of `f`, over `samples` samples each long enough to time reliably.
-fn median(samples: usize, mut f: impl FnMut()) -> Duration {
-    f(); // warm up
-    let once = {
+fn median(samples: usize, f: impl FnMut()) -> Duration {
+    let [t] = medians(samples, [Box::new(f) as Box<dyn FnMut()>]);
+    t
+}
+
+/// The median wall time of each of `fs`, sampled in turns (one sample of each, then the next
+/// round) so that a busy neighbour slows all of them alike and their ratio stays meaningful.
+fn medians<const N: usize>(samples: usize, mut fs: [Box<dyn FnMut() + '_>; N]) -> [Duration; N] {
+    // Warm up, then size each sample to about 20 ms.
+    let per_sample = fs.each_mut().map(|f| {
+        f();
         let t = Instant::now();
         f();
-        t.elapsed()
-    };
-    let per_sample =
-        (Duration::from_millis(20).as_nanos() / once.as_nanos().max(1)).clamp(1, 10_000) as u32;
-    let mut times: Vec<Duration> = (0..samples)
-        .map(|_| {
+        (Duration::from_millis(20).as_nanos() / t.elapsed().as_nanos().max(1)).clamp(1, 10_000)
+            as u32
+    });
+    let mut times: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(samples));
+    for _ in 0..samples {
+        for ((f, n), times) in fs.iter_mut().zip(per_sample).zip(&mut times) {
             let t = Instant::now();
-            for _ in 0..per_sample {
+            for _ in 0..n {
                 f();
             }
-            t.elapsed() / per_sample
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
+            times.push(t.elapsed() / n);
+        }
+    }
+    times.map(|mut t| {
+        t.sort();
+        t[t.len() / 2]
+    })
 }
 
 fn fmt(d: Duration) -> String {
@@ -51,12 +66,20 @@ fn fmt(d: Duration) -> String {
     }
 }
 
+/// The first-party pipeline the headline measures: both filters, then both scorers.
+const SCORERS: &[(&str, f64)] = &[("binpack-score", 1.0), ("spread-score", 0.5)];
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
     let samples = if quick { 11 } else { 41 };
-    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-    let (wasm, native_steps) = native::first_party(&runtime, &[("binpack-score", 1.0)]);
-    // A typical request: most hosts pass the filters, so the scorer sees most of the fleet.
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: std::env::var_os("SLIPWAY_TMP_CACHE").map(Into::into),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let (wasm, native_steps) = native::first_party(&runtime, SCORERS);
+    // A typical request: most hosts pass the filters, so the scorers see most of the fleet.
     let request = PlacementRequest {
         vcpus: 2,
         memory_mib: 4096,
@@ -68,8 +91,83 @@ fn main() {
         affinity_group: None,
     };
 
+    if let Some(i) = args.iter().position(|a| a == "--ab") {
+        // TEMPORARY: A/B of two plugin builds, interleaved.
+        let dirs = [&args[i + 1], &args[i + 2]];
+        let n: usize = args.get(i + 3).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+        let pipes: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                // SAFETY: single-threaded at this point.
+                unsafe { std::env::set_var("SLIPWAY_TMP_PLUGINS", d) };
+                native::first_party(&runtime, SCORERS).0
+            })
+            .collect();
+        let hosts = sample::fleet(n, 42);
+        let mut b = FleetBuilder::from_hosts(&hosts);
+        let r = b.request(&request);
+        let fleet = b.finish();
+        let (a, bb) = (&pipes[0], &pipes[1]);
+        let [ta, tb, tn] = medians(
+            samples,
+            [
+                Box::new(|| {
+                    std::hint::black_box(a.decide(&r, &fleet).unwrap());
+                }),
+                Box::new(|| {
+                    std::hint::black_box(bb.decide(&r, &fleet).unwrap());
+                }),
+                Box::new(|| {
+                    std::hint::black_box(native::decide(
+                        &native_steps,
+                        &native::request(&r),
+                        &native::fleet(&fleet),
+                    ));
+                }),
+            ],
+        );
+        println!(
+            "{n} hosts: A {} B {} (B/A {:.3}) native+copy {}",
+            fmt(ta),
+            fmt(tb),
+            tb.as_secs_f64() / ta.as_secs_f64(),
+            fmt(tn)
+        );
+        return;
+    }
+
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        let seconds: f64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
+        let n: usize = args
+            .get(i + 2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10_000);
+        let hosts = sample::fleet(n, 42);
+        let mut b = FleetBuilder::from_hosts(&hosts);
+        let r = b.request(&request);
+        let fleet = b.finish();
+        let until = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut decisions = 0u64;
+        while Instant::now() < until {
+            std::hint::black_box(wasm.decide(&r, &fleet).unwrap());
+            decisions += 1;
+        }
+        println!(
+            "{decisions} decisions over {n} hosts in {seconds} s: {}",
+            fmt(Duration::from_secs_f64(seconds) / decisions as u32)
+        );
+        return;
+    }
+
+    let names: Vec<&str> = wasm.steps().iter().map(|s| s.plugin.name()).collect();
     println!(
-        "placement decision: capacity-filter → label-filter → binpack-score (median of {samples})"
+        "placement decision: {} (weights {}; median of {samples})",
+        names.join(" → "),
+        SCORERS
+            .iter()
+            .map(|(n, w)| format!("{n} {w}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "{:>7}  {:>10}  {:>10}  {:>6}  {:>11}  survivors",
@@ -85,13 +183,19 @@ fn main() {
         let decision = wasm.decide(&r, &fleet).unwrap();
         let expected = native::decide(&native_steps, &nr, &nf);
         assert_eq!(decision.chosen, expected.chosen, "wasm and native agree");
+        assert_eq!(decision.totals, expected.totals, "wasm and native agree");
 
-        let t_wasm = median(samples, || {
-            std::hint::black_box(wasm.decide(&r, &fleet).unwrap());
-        });
-        let t_native = median(samples, || {
-            std::hint::black_box(native::decide(&native_steps, &nr, &nf));
-        });
+        let [t_wasm, t_native] = medians(
+            samples,
+            [
+                Box::new(|| {
+                    std::hint::black_box(wasm.decide(&r, &fleet).unwrap());
+                }),
+                Box::new(|| {
+                    std::hint::black_box(native::decide(&native_steps, &nr, &nf));
+                }),
+            ],
+        );
         let t_build = median(samples, || {
             let mut b = FleetBuilder::from_hosts(&hosts);
             std::hint::black_box(b.request(&request));
@@ -107,35 +211,57 @@ fn main() {
         );
     }
 
+    let hosts = sample::fleet(10_000, 42);
+    let mut b = FleetBuilder::from_hosts(&hosts);
+    let r = b.request(&request);
+    let fleet = b.finish();
+    let (nr, nf) = (native::request(&r), native::fleet(&fleet));
+    {
+        // Each call of a 10,000-host decision as the pipeline times it (host side included),
+        // medians over as many decisions as samples.
+        let mut per_step: Vec<Vec<Duration>> = vec![Vec::new(); wasm.steps().len()];
+        for _ in 0..samples * 10 {
+            let d = wasm.decide(&r, &fleet).unwrap();
+            for t in &d.timings {
+                per_step[t.step].push(t.elapsed);
+            }
+        }
+        println!("\nthe calls of one 10,000-host decision (wasm, host side included):");
+        for (step, times) in wasm.steps().iter().zip(&mut per_step) {
+            times.sort();
+            if let Some(t) = times.get(times.len() / 2) {
+                println!("  {:<16} {:>10}", step.plugin.name(), fmt(*t));
+            }
+        }
+    }
+
     {
         println!(
             "\neach plugin alone over all 10,000 hosts (only the columns it reads are copied in):"
         );
-        let hosts = sample::fleet(10_000, 42);
-        let mut b = FleetBuilder::from_hosts(&hosts);
-        let r = b.request(&request);
-        let fleet = b.finish();
         let all: Vec<u32> = (0..10_000).collect();
-        let (nr, nf) = (native::request(&r), native::fleet(&fleet));
         for (step, native_step) in wasm.steps().iter().zip(&native_steps) {
             let p = &step.plugin;
-            let t_native = match native_step {
-                native::NativeStep::Filter(f) => median(samples, || {
-                    std::hint::black_box(f(&nr, &nf, &all));
-                }),
-                native::NativeStep::Score(s, _) => median(samples, || {
-                    std::hint::black_box(s(&nr, &nf, &all));
-                }),
-            };
-            let t = if p.info().filters {
-                median(samples, || {
-                    std::hint::black_box(p.filter(&r, &fleet, &all).unwrap());
-                })
-            } else {
-                median(samples, || {
-                    std::hint::black_box(p.score(&r, &fleet, &all).unwrap());
-                })
-            };
+            let [t, t_native] = medians(
+                samples,
+                [
+                    Box::new(|| {
+                        if p.info().filters {
+                            std::hint::black_box(p.filter(&r, &fleet, &all).unwrap());
+                        } else {
+                            std::hint::black_box(p.score(&r, &fleet, &all).unwrap());
+                        }
+                    }),
+                    Box::new(|| match native_step {
+                        native::NativeStep::Filter(f) => {
+                            std::hint::black_box(f(&nr, &nf, &all));
+                        }
+                        native::NativeStep::Score(s, _) => {
+                            std::hint::black_box(s(&nr, &nf, &all));
+                        }
+                    }),
+                ],
+            );
             println!(
                 "  {:<16} wasm {:>10}  native {:>10}  {:>5.2}x",
                 p.name(),
