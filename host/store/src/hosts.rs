@@ -406,7 +406,9 @@ impl Store {
 
     /// Claims resources on a host if, and only if, they fit: capacity, mode and anti-affinity
     /// are checked by the statement that adds the claim, so no interleaving of concurrent
-    /// claims can over-commit the host.
+    /// claims can over-commit the host. (The anti-affinity `NOT EXISTS` relies on SQLite
+    /// serialising writers; on PostgreSQL it needs the host's row locked first, since a
+    /// re-checked `UPDATE` does not re-run its subqueries.)
     pub async fn claim(
         &self,
         new: &NewClaim<'_>,
