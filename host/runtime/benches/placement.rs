@@ -73,11 +73,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let samples = if quick { 11 } else { 41 };
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: std::env::var_os("SLIPWAY_TMP_CACHE").map(Into::into),
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let (wasm, native_steps) = native::first_party(&runtime, SCORERS);
     // A typical request: most hosts pass the filters, so the scorers see most of the fleet.
     let request = PlacementRequest {
@@ -90,51 +86,6 @@ fn main() {
         anti_affinity_group: Some("web".into()),
         affinity_group: None,
     };
-
-    if let Some(i) = args.iter().position(|a| a == "--ab") {
-        // TEMPORARY: A/B of two plugin builds, interleaved.
-        let dirs = [&args[i + 1], &args[i + 2]];
-        let n: usize = args.get(i + 3).and_then(|s| s.parse().ok()).unwrap_or(10_000);
-        let pipes: Vec<_> = dirs
-            .iter()
-            .map(|d| {
-                // SAFETY: single-threaded at this point.
-                unsafe { std::env::set_var("SLIPWAY_TMP_PLUGINS", d) };
-                native::first_party(&runtime, SCORERS).0
-            })
-            .collect();
-        let hosts = sample::fleet(n, 42);
-        let mut b = FleetBuilder::from_hosts(&hosts);
-        let r = b.request(&request);
-        let fleet = b.finish();
-        let (a, bb) = (&pipes[0], &pipes[1]);
-        let [ta, tb, tn] = medians(
-            samples,
-            [
-                Box::new(|| {
-                    std::hint::black_box(a.decide(&r, &fleet).unwrap());
-                }),
-                Box::new(|| {
-                    std::hint::black_box(bb.decide(&r, &fleet).unwrap());
-                }),
-                Box::new(|| {
-                    std::hint::black_box(native::decide(
-                        &native_steps,
-                        &native::request(&r),
-                        &native::fleet(&fleet),
-                    ));
-                }),
-            ],
-        );
-        println!(
-            "{n} hosts: A {} B {} (B/A {:.3}) native+copy {}",
-            fmt(ta),
-            fmt(tb),
-            tb.as_secs_f64() / ta.as_secs_f64(),
-            fmt(tn)
-        );
-        return;
-    }
 
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let seconds: f64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
