@@ -191,9 +191,8 @@ async fn an_agent_joins_heartbeats_and_outlives_restarts_of_either_side() {
         (true, false) => "tcg",
     };
     assert_eq!(hypervisor["accelerator"], expected, "{hypervisor}");
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(agent_data.join("agent.json")).unwrap()).unwrap();
-    assert_eq!(state["host_id"], id.as_str());
+    // The server knows the host before the agent has written down its credential.
+    let state = saved_state(&agent_data, |s| s["host_id"] == id.as_str()).await;
 
     // Its API: open health, the rest with the secret it gave the server.
     let agent_url = host["agent_url"].as_str().unwrap().to_owned();
@@ -267,12 +266,26 @@ async fn an_agent_joins_heartbeats_and_outlives_restarts_of_either_side() {
         })
         .await;
     assert_eq!(again["name"], "node-x");
-    let rejoined: Value =
-        serde_json::from_slice(&std::fs::read(agent_data.join("agent.json")).unwrap()).unwrap();
+    let rejoined = saved_state(&agent_data, |s| s["host_id"] == again["id"]).await;
     assert_eq!(rejoined["agent_id"], state["agent_id"]);
-    assert_eq!(rejoined["host_id"], again["id"]);
     drop(agent);
     server.stop().await.unwrap();
+}
+
+/// The agent's saved state once `check` holds of it (it is replaced atomically, so never torn).
+async fn saved_state(agent_data: &Path, check: impl Fn(&Value) -> bool) -> Value {
+    let path = agent_data.join("agent.json");
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        if let Ok(bytes) = std::fs::read(&path) {
+            last = serde_json::from_slice(&bytes).unwrap();
+            if check(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never reached the expected state: {last}", path.display());
 }
 
 /// Now, as the API writes times (RFC 3339, milliseconds), for comparing with them as text.
