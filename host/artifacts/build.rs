@@ -16,9 +16,14 @@ const GUESTS: &[(&str, &str)] = &[
     ("slipway-binpack-score", "plugins/binpack-score"),
     ("slipway-spread-score", "plugins/spread-score"),
     ("slipway-identity-linux", "plugins/identity-linux"),
+    ("slipway-validate-basic", "plugins/validate-basic"),
     ("example-rack-aware", "examples/rack-aware"),
     ("test-plugin-hostile", "host/test-plugins/hostile"),
     ("test-plugin-escaper", "host/test-plugins/escaper"),
+    (
+        "test-plugin-hostile-validator",
+        "host/test-plugins/hostile-validator",
+    ),
     (
         "test-plugin-future-contract",
         "host/test-plugins/future-contract",

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod hardware;
 pub mod host;
 pub mod placement;
+pub mod request;
 pub mod resources;
 pub mod sample;
 

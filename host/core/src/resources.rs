@@ -365,5 +365,8 @@ pub struct StagedVm {
     pub plugin: String,
     /// Every change, in order.
     pub operations: Vec<StageOperation>,
+    /// The applications installed in it: the model's, at the revision staged.
+    #[serde(default)]
+    pub applications: Vec<crate::catalog::AppRef>,
     pub created_at: Timestamp,
 }

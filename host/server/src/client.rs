@@ -41,6 +41,8 @@ pub struct ProblemError {
     fields: String,
     /// A placement's explanation, when no host could take the VM.
     pub placement: Option<Value>,
+    /// A VM request's plan, when findings block it.
+    pub plan: Option<Value>,
 }
 
 pub struct Client {
@@ -379,6 +381,7 @@ async fn problem(response: reqwest::Response) -> ProblemError {
             .unwrap_or_else(|| text.trim().to_owned()),
         fields,
         placement: value.get("placement").cloned(),
+        plan: value.get("plan").cloned(),
     }
 }
 

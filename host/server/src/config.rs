@@ -100,6 +100,11 @@ pub struct ServeArgs {
     /// Claimable disk per MiB of a host's data file system [default: 1.0].
     #[arg(long, env = "SLIPWAY_DISK_ALLOCATION_RATIO")]
     pub disk_allocation_ratio: Option<f64>,
+    /// The first three bytes of every MAC address given to a VM's NIC, as `52:54:00`
+    /// [default: 52:54:00, QEMU's; use a locally administered prefix such as `02:xx:xx` to keep
+    /// apart from other tools].
+    #[arg(long, env = "SLIPWAY_MAC_PREFIX")]
+    pub mac_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -131,6 +136,14 @@ pub struct FileConfig {
     pub hosts: FileHosts,
     #[serde(default)]
     pub placement: FilePlacement,
+    #[serde(default)]
+    pub identity: FileIdentity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdentity {
+    pub mac_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +211,27 @@ pub struct Config {
     pub missed_heartbeats: u32,
     pub claim_ttl: Duration,
     pub allocation_ratios: AllocationRatios,
+    pub mac_prefix: [u8; 3],
+}
+
+/// `aa:bb:cc` as three bytes; unicast only, since a multicast MAC on a NIC breaks networking.
+pub fn parse_mac_prefix(s: &str) -> anyhow::Result<[u8; 3]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bytes: Vec<u8> = parts
+        .iter()
+        .filter(|p| p.len() == 2)
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
+    let [a, b, c] = bytes[..] else {
+        anyhow::bail!("mac_prefix {s:?} is not three hex bytes such as 52:54:00");
+    };
+    if parts.len() != 3 {
+        anyhow::bail!("mac_prefix {s:?} is not three hex bytes such as 52:54:00");
+    }
+    if a & 1 == 1 {
+        anyhow::bail!("mac_prefix {s:?} is a multicast prefix; its first byte must be even");
+    }
+    Ok([a, b, c])
 }
 
 pub const TIB: u64 = 1 << 40;
@@ -343,6 +377,12 @@ impl Config {
                     )?,
                 }
             },
+            mac_prefix: parse_mac_prefix(
+                args.mac_prefix
+                    .as_deref()
+                    .or(file.identity.mac_prefix.as_deref())
+                    .unwrap_or("52:54:00"),
+            )?,
             data_dir,
         };
         Ok(config)

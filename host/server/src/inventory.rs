@@ -443,6 +443,40 @@ impl Inventory {
             .collect()
     }
 
+    /// Every host's room, for judging whether a request could ever fit, or fits now.
+    pub fn rooms(&self) -> Vec<slipway_core::request::HostRoom> {
+        let inner = self.lock();
+        inner
+            .slots
+            .iter()
+            .filter(|s| s.alive)
+            .map(|s| {
+                let r = &s.record;
+                let mut groups: Vec<String> = s
+                    .claims
+                    .iter()
+                    .filter_map(|c| c.anti_affinity_group.clone())
+                    .collect();
+                groups.sort_unstable();
+                groups.dedup();
+                slipway_core::request::HostRoom {
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                    ready: s.state() == HostState::Ready,
+                    arch: r.report.arch,
+                    labels: s.labels(),
+                    capacity: r.capacity,
+                    free: Resources {
+                        vcpus: r.capacity.vcpus.saturating_sub(r.claimed.vcpus),
+                        memory_mib: r.capacity.memory_mib.saturating_sub(r.claimed.memory_mib),
+                        disk_mib: r.capacity.disk_mib.saturating_sub(r.claimed.disk_mib),
+                    },
+                    groups,
+                }
+            })
+            .collect()
+    }
+
     /// The agent's URL and secret, for calling it.
     pub fn agent(&self, id: &str) -> Option<(String, String)> {
         let inner = self.lock();

@@ -655,6 +655,7 @@ impl Jobs {
                 found.plugin.manifest().version
             ),
             operations,
+            applications: model.spec.applications.clone(),
             created_at: Timestamp::now(),
         };
         let added = match inner.store.insert_staged_vm(&image, &staged).await {

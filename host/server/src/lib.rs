@@ -16,9 +16,11 @@ pub mod local_agent;
 pub mod metrics;
 pub mod monitor;
 pub mod placement;
+pub mod plan;
 pub mod plugins;
 pub mod serve;
 pub mod staging;
+pub mod validators;
 
 pub use serve::{App, Server};
 

@@ -50,6 +50,9 @@ enum Command {
     Placement(cmd::hosts::PlacementArgs),
     /// Claims placement made: list, confirm, release.
     Claim(cmd::hosts::ClaimArgs),
+    /// Plan a VM request: findings with suggestions, the staged VM chosen, the apps to install,
+    /// the host, the identity; nothing deployed or claimed.
+    Plan(cmd::plan::PlanArgs),
     /// Choose a host for one VM with the placement plugins, and explain the choice (no server).
     Place(cmd::place::PlaceArgs),
 }
@@ -113,6 +116,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Host(args) => cmd::hosts::host(args).await,
                     Command::Placement(args) => cmd::hosts::placement(args).await,
                     Command::Claim(args) => cmd::hosts::claim(args).await,
+                    Command::Plan(args) => cmd::plan::plan(args).await,
                     Command::Serve(_) | Command::Place(_) => unreachable!("handled above"),
                 }
             })?;

@@ -19,7 +19,9 @@ use crate::inventory::{Inventory, Policy};
 use crate::jobs::{Jobs, StagingConfig};
 use crate::metrics::Metrics;
 use crate::placement::Placement;
+use crate::plan::Planner;
 use crate::plugins::Registry;
+use crate::validators::Validators;
 
 /// Everything a request handler can reach.
 pub struct App {
@@ -33,6 +35,8 @@ pub struct App {
     /// The hosts, live.
     pub inventory: Arc<Inventory>,
     pub placement: Arc<Placement>,
+    /// Requests: validated, matched to a staged VM, placed (dry run), explained.
+    pub planner: Arc<Planner>,
     pub metrics: Arc<Metrics>,
     /// Fires when a shutdown begins: streams end, waits give up.
     pub shutdown: CancellationToken,
@@ -143,7 +147,16 @@ impl App {
             )
             .await?,
         );
+        let validators = Arc::new(Validators::open(store.clone(), plugins.clone()).await?);
+        let planner = Arc::new(Planner::new(
+            store.clone(),
+            inventory.clone(),
+            placement.clone(),
+            validators,
+            config.mac_prefix,
+        ));
         let app = Arc::new(App {
+            planner,
             config,
             store,
             images,

@@ -14,6 +14,8 @@ use utoipa::ToSchema;
 use crate::images::ImageError;
 use crate::jobs::{error_chain, log_internal};
 use crate::placement::Explanation;
+use crate::plan::Plan;
+use slipway_core::request::Finding;
 
 /// A problem, as every error of the API is answered.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -33,6 +35,14 @@ pub struct Problem {
     /// For a placement no host could take: why, host by host and reason by reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Box<Explanation>>,
+    /// For a VM request that cannot be met: every finding, errors first, each with its field
+    /// and, where one exists, a suggested value (`null`: remove the field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+    /// For a VM request that cannot be met: the plan as far as it goes (the staged VM that
+    /// comes closest, the hosts, the validators' runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Box<Plan>>,
 }
 
 /// Every way an API call fails.
@@ -83,6 +93,9 @@ pub enum ApiError {
     Replayed(String),
     #[error("no host can take this VM: {}", .0.summary)]
     NoHost(Box<Explanation>),
+    /// A VM request with error findings; the plan holds all of them.
+    #[error("{}", request_summary(.0))]
+    InvalidRequest(Box<Plan>),
     /// A plugin failed; the message names it. Not internal: the site needs to know which.
     #[error("{0}")]
     PluginFailed(String),
@@ -228,6 +241,11 @@ impl ApiError {
                 "no-host",
                 "No host can take this VM",
             ),
+            ApiError::InvalidRequest(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-request",
+                "The VM request cannot be met as it is",
+            ),
             ApiError::PluginFailed(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "plugin-failed",
@@ -278,8 +296,44 @@ impl ApiError {
                 ApiError::NoHost(explanation) => Some(explanation.clone()),
                 _ => None,
             },
+            findings: match self {
+                ApiError::InvalidRequest(plan) => plan.findings.clone(),
+                _ => Vec::new(),
+            },
+            plan: match self {
+                ApiError::InvalidRequest(plan) => Some(plan.clone()),
+                _ => None,
+            },
         }
     }
+}
+
+/// "2 errors: hardware.memory: …; os.version: …" — the first few, for the `detail` line.
+fn request_summary(plan: &Plan) -> String {
+    let errors: Vec<&Finding> = plan.findings.iter().filter(|f| f.is_error()).collect();
+    let shown: Vec<String> = errors
+        .iter()
+        .take(3)
+        .map(|f| {
+            if f.field.is_empty() {
+                f.message.clone()
+            } else {
+                format!("{}: {}", f.field, f.message)
+            }
+        })
+        .collect();
+    let more = errors.len().saturating_sub(3);
+    format!(
+        "{} error{}: {}{}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" },
+        shown.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 impl IntoResponse for ApiError {

@@ -16,6 +16,7 @@ mod hosts;
 mod images;
 mod jobs;
 mod placement;
+mod plans;
 mod staged;
 pub mod system;
 mod tokens;
@@ -65,6 +66,7 @@ pub type AppState = Arc<App>;
         (name = "hosts", description = "The host inventory and join tokens"),
         (name = "agent", description = "The agent protocol: how hosts join and heartbeat (host credentials)"),
         (name = "placement", description = "Placement decisions, claims, and the pipeline of placement plugins"),
+        (name = "requests", description = "VM requests: validation with suggestions, the staged VM chosen, plans"),
     )
 )]
 struct ApiDoc;
@@ -135,6 +137,8 @@ fn routes(
         .routes(routes!(placement::confirm_claim))
         .routes(routes!(placement::get_pipeline, placement::set_pipeline))
         .routes(routes!(placement::remove_plugin))
+        .routes(routes!(plans::create_plan))
+        .routes(routes!(plans::get_validators, plans::set_validators))
         .layer(DefaultBodyLimit::max(max_json_body))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| async move {

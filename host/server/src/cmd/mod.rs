@@ -2,6 +2,7 @@
 
 pub mod hosts;
 pub mod place;
+pub mod plan;
 pub mod staged;
 
 use std::path::PathBuf;

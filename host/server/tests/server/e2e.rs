@@ -107,6 +107,35 @@ fn the_cli_registers_a_model_vm_from_an_uploaded_image() {
     let out = server.cli(&requester, &["model", "list"]);
     assert!(stderr(&out).contains("403 Not allowed"), "{}", stderr(&out));
 
+    // A requester plans: the findings with their suggestions, and `--fix` takes them all.
+    let request = dir.path().join("request.json");
+    std::fs::write(
+        &request,
+        r#"{"os": {"distro": "debian"}, "hardware": {"memory": "8 GB"}, "hostname": "web", "count": 2}"#,
+    )
+    .unwrap();
+    let out = server.cli(&requester, &["plan", request.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("error   hardware.memory: \"8 GB\" is a decimal size")
+            && shown.contains("→ suggest \"8GiB\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("hostname: 2 VMs cannot all be named"),
+        "{shown}"
+    );
+    assert!(
+        stderr(&out).contains("the request cannot be met as it is"),
+        "{}",
+        stderr(&out)
+    );
+    let fixed = json_out(&server.cli(&requester, &["plan", request.to_str().unwrap(), "--fix"]));
+    assert_eq!(fixed["hardware"]["memory"], "8GiB");
+    assert_eq!(fixed["hostname_pattern"], "web-{n}");
+    assert_eq!(fixed.get("hostname"), None);
+
     let jobs = json_out(&server.cli(&operator, &["job", "list", "--json"]));
     assert_eq!(jobs[0]["kind"], "image.upload");
     assert_eq!(jobs[0]["state"], "succeeded");

@@ -55,7 +55,7 @@ pub struct Agent {
     pub report: Value,
 }
 
-async fn join_token(app: &TestApp, labels: Value, uses: Option<u32>) -> String {
+pub(crate) async fn join_token(app: &TestApp, labels: Value, uses: Option<u32>) -> String {
     let reply = app
         .call(
             Method::POST,
@@ -85,7 +85,7 @@ async fn join_as(app: &TestApp, token: &str, agent_id: &str, name: &str, report:
     .await
 }
 
-async fn join(app: &TestApp, token: &str, name: &str, report: Value) -> Agent {
+pub(crate) async fn join(app: &TestApp, token: &str, name: &str, report: Value) -> Agent {
     let reply = join_as(
         app,
         token,
@@ -710,7 +710,12 @@ async fn claims_expire_unless_confirmed_and_release_gives_back() {
 }
 
 /// A multipart body with a plugin's manifest and component.
-fn plugin_upload(app: &TestApp, name: &str, manifest: &str, wasm: Vec<u8>) -> Request<Body> {
+pub(crate) fn plugin_upload(
+    app: &TestApp,
+    name: &str,
+    manifest: &str,
+    wasm: Vec<u8>,
+) -> Request<Body> {
     let boundary = "slipway-test-boundary";
     let mut body = Vec::new();
     body.extend_from_slice(

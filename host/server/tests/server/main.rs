@@ -5,5 +5,6 @@ mod api;
 mod e2e;
 mod hosts;
 mod place;
+mod plans;
 mod staging;
 mod support;

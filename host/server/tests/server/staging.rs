@@ -549,6 +549,35 @@ async fn a_model_with_cloud_init_is_pointed_at_the_nocloud_seed_and_an_alpine_on
         Path::new("/etc/init.d/slipway-firstboot")
     );
     assert!(!root.join("etc/ssh/ssh_host_rsa_key").exists());
+
+    // Requests are matched against what staging recorded: the OS it found, the model's apps.
+    let plan = t
+        .call(
+            Method::POST,
+            "/v1/plans",
+            Some(&t.requester),
+            Some(json!({"os": {"distro": "alpine"}})),
+        )
+        .await;
+    // No host has joined this server: the plan says so, and still names the staged VM.
+    assert_eq!(
+        plan.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        plan.body
+    );
+    assert_eq!(
+        plan.body["findings"][0]["code"], "no-hosts",
+        "{}",
+        plan.body
+    );
+    let chosen = &plan.body["plan"]["staged_vm"]["chosen"];
+    assert_eq!(chosen["name"], "alpine-3-staged", "{}", plan.body);
+    assert_eq!(chosen["os"], "linux alpine 3.20.3 x86_64");
+    assert_eq!(
+        plan.body["plan"]["staged_vm"]["runner_up"]["name"],
+        "debian-cloud-staged"
+    );
     no_leftovers(&t);
 }
 
