@@ -285,7 +285,10 @@ async fn saved_state(agent_data: &Path, check: impl Fn(&Value) -> bool) -> Value
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{} never reached the expected state: {last}", path.display());
+    panic!(
+        "{} never reached the expected state: {last}",
+        path.display()
+    );
 }
 
 /// Now, as the API writes times (RFC 3339, milliseconds), for comparing with them as text.

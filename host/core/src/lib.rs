@@ -10,6 +10,7 @@ pub mod placement;
 pub mod request;
 pub mod resources;
 pub mod sample;
+pub mod vm;
 
 pub use catalog::{ApplicationSpec, FieldError, ModelVmSpec};
 pub use hardware::{Arch, Firmware, HostFeature};
