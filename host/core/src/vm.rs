@@ -93,3 +93,103 @@ pub struct VmStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// Where a deployed VM is in its life, as the server tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum VmPhase {
+    /// Its deploy job runs: transfer, create, boot, wait for the guest.
+    Deploying,
+    /// The guest applied its identity and reported.
+    Ready,
+    /// Stopped by a user (its claim stays: it can start again).
+    Stopped,
+    /// The deployment failed; the error says where. Its claim is released.
+    Failed,
+}
+
+impl VmPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmPhase::Deploying => "deploying",
+            VmPhase::Ready => "ready",
+            VmPhase::Stopped => "stopped",
+            VmPhase::Failed => "failed",
+        }
+    }
+}
+
+/// One app's outcome in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppOutcome {
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// What the guest reported at first boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadyReport {
+    pub instance_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// What it applied: `hostname`, `machine-id`, `ssh-host-keys`, ...
+    #[serde(default)]
+    pub applied: Vec<String>,
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub apps: Vec<AppOutcome>,
+    /// `slipway-firstboot` or `cloud-init`.
+    pub agent: String,
+    pub reported_at: crate::resources::Timestamp,
+}
+
+/// A deployed VM, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Vm {
+    pub id: String,
+    /// The deployment it came from (one request, `count` VMs).
+    pub deployment: String,
+    pub phase: VmPhase,
+    pub hostname: String,
+    pub uuid: String,
+    pub instance_id: String,
+    /// One per NIC, unique across the inventory.
+    pub macs: Vec<String>,
+    /// The host placement chose, by id and name.
+    pub host: String,
+    pub host_name: String,
+    /// The claim of its resources on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    pub staged_vm: String,
+    /// The staged image its boot disk comes from.
+    pub image: String,
+    pub hardware: HardwareConfig,
+    #[serde(default)]
+    pub clone: CloneMode,
+    /// The apps installed at first boot, with how.
+    #[serde(default)]
+    pub install: Vec<crate::request::AppInstall>,
+    /// The deploy job.
+    pub job: String,
+    /// Bytes of the image sent to the host for this VM: 0 when the host had it cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadyReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The token that asked for it, by id.
+    pub owner: String,
+    pub created_at: crate::resources::Timestamp,
+    pub updated_at: crate::resources::Timestamp,
+}

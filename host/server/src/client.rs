@@ -113,6 +113,15 @@ impl Client {
             .await?)
     }
 
+    /// A GET whose answer is text (a console).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self
+            .send(self.request(Method::GET, path))
+            .await?
+            .text()
+            .await?)
+    }
+
     pub async fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

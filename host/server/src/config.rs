@@ -105,6 +105,15 @@ pub struct ServeArgs {
     /// apart from other tools].
     #[arg(long, env = "SLIPWAY_MAC_PREFIX")]
     pub mac_prefix: Option<String>,
+    /// Where guests reach this server's seed routes (`/v1/seed/...`) at first boot
+    /// [default: http://10.0.2.2:<listen port>, this machine as QEMU's user-mode networking
+    /// shows it to guests of a local agent].
+    #[arg(long, env = "SLIPWAY_SEED_URL")]
+    pub seed_url: Option<String>,
+    /// Seconds a deployed guest has to fetch its seed and report ready before the deployment
+    /// fails [default: 600].
+    #[arg(long, env = "SLIPWAY_READY_TIMEOUT")]
+    pub ready_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -138,12 +147,21 @@ pub struct FileConfig {
     pub placement: FilePlacement,
     #[serde(default)]
     pub identity: FileIdentity,
+    #[serde(default)]
+    pub deploy: FileDeploy,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileIdentity {
     pub mac_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDeploy {
+    pub seed_url: Option<String>,
+    pub ready_timeout: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +230,9 @@ pub struct Config {
     pub claim_ttl: Duration,
     pub allocation_ratios: AllocationRatios,
     pub mac_prefix: [u8; 3],
+    /// Where guests reach the seed routes; `None`: from the listening port, once bound.
+    pub seed_url: Option<String>,
+    pub ready_timeout: Duration,
 }
 
 /// `aa:bb:cc` as three bytes; unicast only, since a multicast MAC on a NIC breaks networking.
@@ -383,6 +404,23 @@ impl Config {
                     .or(file.identity.mac_prefix.as_deref())
                     .unwrap_or("52:54:00"),
             )?,
+            seed_url: match args.seed_url.or(file.deploy.seed_url) {
+                Some(url) => {
+                    slipway_guest::seed::SeedUrl::parse(&format!(
+                        "{}/v1/seed/x/",
+                        url.trim_end_matches('/')
+                    ))
+                    .map_err(|e| anyhow::anyhow!("seed_url {url:?}: {e}"))?;
+                    Some(url)
+                }
+                None => None,
+            },
+            ready_timeout: Duration::from_secs(
+                args.ready_timeout
+                    .or(file.deploy.ready_timeout)
+                    .unwrap_or(600)
+                    .clamp(1, 86_400),
+            ),
             data_dir,
         };
         Ok(config)

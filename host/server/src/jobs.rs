@@ -95,6 +95,7 @@ pub enum Work {
         params: UploadParams,
         received: Received,
     },
+    Deploy(crate::deploy::DeployParams),
 }
 
 #[derive(Clone)]
@@ -110,6 +111,8 @@ struct Inner {
     workers: Semaphore,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Set once the server has placement: deploy jobs need it, and it needs the jobs.
+    deployer: std::sync::OnceLock<Arc<crate::deploy::Deployer>>,
 }
 
 /// The running job's handle on its own row: step changes, progress counters sampled by a
@@ -216,8 +219,13 @@ impl Jobs {
                 workers: Semaphore::new(workers),
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                deployer: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    pub fn set_deployer(&self, deployer: Arc<crate::deploy::Deployer>) {
+        let _ = self.inner.deployer.set(deployer);
     }
 
     pub async fn create(
@@ -344,7 +352,11 @@ impl Jobs {
         };
         let reporter = self.report_progress(&ctx.id, ctx.done.clone(), ctx.total.clone());
         // Both start again from their input: an import from its source, staging from the model.
-        let resumable = job.kind == IMAGE_IMPORT || job.kind == crate::staging::STAGE;
+        // A deployment too: each of its steps can run again (a cached image is not sent twice, the
+        // agent takes the same VM again as the one it has).
+        let resumable = job.kind == IMAGE_IMPORT
+            || job.kind == crate::staging::STAGE
+            || job.kind == crate::deploy::VM_DEPLOY;
         let outcome = match work {
             Work::Import(params) => self.import(&mut ctx, params).await.map(Done::image),
             Work::StoreUpload { params, received } => self
@@ -352,6 +364,7 @@ impl Jobs {
                 .await
                 .map(Done::image),
             Work::Stage(params) => self.stage(&mut ctx, params).await,
+            Work::Deploy(params) => self.deploy(&mut ctx, params).await,
         };
         drop(reporter);
         match outcome {
@@ -464,6 +477,66 @@ impl Jobs {
             allocated_size: allocated,
             created_at: Timestamp::now(),
         })
+    }
+
+    /// Deploys one VM: see [`crate::deploy`] for the steps. A failed step gives everything back.
+    async fn deploy(
+        &self,
+        ctx: &mut JobCtx,
+        params: crate::deploy::DeployParams,
+    ) -> Result<Done, StepError> {
+        let Some(deployer) = self.inner.deployer.get().cloned() else {
+            return Err(StepError::Failed("this server cannot deploy".into()));
+        };
+        let mut vm = self.inner.store.vm(&params.vm).await?;
+        let failed = |e: crate::deploy::StepFailure| StepError::Failed(e.0);
+        let result: Result<(), StepError> = async {
+            ctx.enter(0).await?;
+            let (done, total) = (ctx.done.clone(), ctx.total.clone());
+            deployer
+                .transfer(&mut vm, move |d, t| {
+                    done.store(d, Ordering::Relaxed);
+                    total.store(t, Ordering::Relaxed);
+                })
+                .await
+                .map_err(failed)?;
+            ctx.enter(1).await?;
+            deployer.create(&vm).await.map_err(failed)?;
+            ctx.enter(2).await?;
+            deployer.boot(&vm).await.map_err(failed)?;
+            ctx.enter(3).await?;
+            tokio::select! {
+                r = deployer.ready(&mut vm) => r.map_err(failed),
+                () = ctx.cancel.cancelled() => Err(StepError::Cancelled),
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.inner
+                    .events
+                    .notify(
+                        "vm",
+                        &vm.id,
+                        "ready",
+                        serde_json::json!({ "host": vm.host_name }),
+                    )
+                    .await;
+                Ok(Done {
+                    event: serde_json::json!({ "vm": vm.id, "host": vm.host_name }),
+                    result: serde_json::to_value(&vm).unwrap_or_default(),
+                })
+            }
+            // Parked by a shutdown: the VM and its claim stay for the job to go on with.
+            Err(StepError::Cancelled) => Err(StepError::Cancelled),
+            Err(StepError::Failed(message)) => {
+                let step = ctx.steps[ctx.step].clone();
+                deployer
+                    .give_back(&mut vm, format!("step {step} failed: {message}"))
+                    .await;
+                Err(StepError::Failed(message))
+            }
+        }
     }
 
     /// Stages a model VM: see [`crate::staging`] for the steps.
@@ -791,6 +864,9 @@ impl Jobs {
                 crate::staging::STAGE => serde_json::from_value(job.params.clone())
                     .ok()
                     .map(Work::Stage),
+                crate::deploy::VM_DEPLOY => serde_json::from_value(job.params.clone())
+                    .ok()
+                    .map(Work::Deploy),
                 _ => None,
             };
             match work {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod deploy;
 pub mod events;
 pub mod images;
 pub mod inventory;
@@ -20,6 +21,7 @@ pub mod plan;
 pub mod plugins;
 pub mod serve;
 pub mod staging;
+pub mod transfer;
 pub mod validators;
 
 pub use serve::{App, Server};

@@ -53,6 +53,10 @@ enum Command {
     /// Plan a VM request: findings with suggestions, the staged VM chosen, the apps to install,
     /// the host, the identity; nothing deployed or claimed.
     Plan(cmd::plan::PlanArgs),
+    /// Deploy a VM request: plan, claim, transfer, boot, wait for the guest to report ready.
+    Deploy(cmd::vms::DeployArgs),
+    /// Deployed VMs: list, show, stop, start, console, delete.
+    Vm(cmd::vms::VmArgs),
     /// Choose a host for one VM with the placement plugins, and explain the choice (no server).
     Place(cmd::place::PlaceArgs),
 }
@@ -117,6 +121,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Placement(args) => cmd::hosts::placement(args).await,
                     Command::Claim(args) => cmd::hosts::claim(args).await,
                     Command::Plan(args) => cmd::plan::plan(args).await,
+                    Command::Deploy(args) => cmd::vms::deploy(args).await,
+                    Command::Vm(args) => cmd::vms::vm(args).await,
                     Command::Serve(_) | Command::Place(_) => unreachable!("handled above"),
                 }
             })?;

@@ -391,7 +391,7 @@ impl Planner {
 }
 
 /// What the VM asks of a host.
-fn placement_request(request: &VmRequest, hw: &HardwareConfig) -> PlacementRequest {
+pub fn placement_request(request: &VmRequest, hw: &HardwareConfig) -> PlacementRequest {
     let mut features = Vec::new();
     if hw.firmware == Firmware::Uefi {
         features.push(HostFeature::Uefi);

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::config::Config;
+use crate::deploy::Deployer;
 use crate::events::EventBus;
 use crate::images::{ImageStore, Limits};
 use crate::inventory::{Inventory, Policy};
@@ -37,6 +38,8 @@ pub struct App {
     pub placement: Arc<Placement>,
     /// Requests: validated, matched to a staged VM, placed (dry run), explained.
     pub planner: Arc<Planner>,
+    /// Deployments: claims, identities, the deploy jobs' steps, the seed.
+    pub deployer: Arc<Deployer>,
     pub metrics: Arc<Metrics>,
     /// Fires when a shutdown begins: streams end, waits give up.
     pub shutdown: CancellationToken,
@@ -155,8 +158,23 @@ impl App {
             validators,
             config.mac_prefix,
         ));
+        let deployer = Arc::new(Deployer::new(
+            store.clone(),
+            inventory.clone(),
+            placement.clone(),
+            images.clone(),
+            events.clone(),
+            config
+                .seed_url
+                .clone()
+                .unwrap_or_else(|| format!("http://10.0.2.2:{}", config.listen.port())),
+            crate::deploy::seed_key(&data.join("seed.key"))?,
+            config.ready_timeout,
+        ));
+        jobs.set_deployer(deployer.clone());
         let app = Arc::new(App {
             planner,
+            deployer,
             config,
             store,
             images,
@@ -247,6 +265,12 @@ impl Server {
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
+        if app.config.seed_url.is_none() {
+            // Guests of a local agent under QEMU's user-mode networking see this machine as
+            // 10.0.2.2: the seed is there, on the port actually bound.
+            app.deployer
+                .set_seed_url(format!("http://10.0.2.2:{}", addr.port()));
+        }
         let router = api::router(app.clone());
         let shutdown = app.shutdown.clone();
         let grace = app.config.shutdown_grace;

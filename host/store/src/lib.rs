@@ -10,6 +10,7 @@
 //! the error can name them, and the foreign keys refuse whatever a race lets through.
 
 mod hosts;
+mod vms;
 
 use std::path::Path;
 use std::time::Duration;

@@ -96,6 +96,12 @@ pub enum ApiError {
     /// A VM request with error findings; the plan holds all of them.
     #[error("{}", request_summary(.0))]
     InvalidRequest(Box<Plan>),
+    /// A seed token that is not a live VM's.
+    #[error("this seed token is not valid")]
+    SeedRefused,
+    /// A host's agent failed what the server asked of it.
+    #[error("{0}")]
+    BadGateway(String),
     /// A plugin failed; the message names it. Not internal: the site needs to know which.
     #[error("{0}")]
     PluginFailed(String),
@@ -245,6 +251,12 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-request",
                 "The VM request cannot be met as it is",
+            ),
+            ApiError::SeedRefused => (StatusCode::FORBIDDEN, "seed-refused", "Not allowed"),
+            ApiError::BadGateway(_) => (
+                StatusCode::BAD_GATEWAY,
+                "agent-failed",
+                "The host's agent failed",
             ),
             ApiError::PluginFailed(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

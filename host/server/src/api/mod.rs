@@ -17,9 +17,11 @@ mod images;
 mod jobs;
 mod placement;
 mod plans;
+mod seed;
 mod staged;
 pub mod system;
 mod tokens;
+mod vms;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -67,6 +69,8 @@ pub type AppState = Arc<App>;
         (name = "agent", description = "The agent protocol: how hosts join and heartbeat (host credentials)"),
         (name = "placement", description = "Placement decisions, claims, and the pipeline of placement plugins"),
         (name = "requests", description = "VM requests: validation with suggestions, the staged VM chosen, plans"),
+        (name = "deployments", description = "Deployments and their VMs: deploy, follow, stop, start, console, delete"),
+        (name = "seed", description = "What deployed guests fetch at first boot (NoCloud-compatible), authorised by their seed token"),
     )
 )]
 struct ApiDoc;
@@ -139,6 +143,14 @@ fn routes(
         .routes(routes!(placement::remove_plugin))
         .routes(routes!(plans::create_plan))
         .routes(routes!(plans::get_validators, plans::set_validators))
+        .routes(routes!(vms::get_deployment))
+        .routes(routes!(vms::list_vms))
+        .routes(routes!(vms::get_vm, vms::delete_vm))
+        .routes(routes!(vms::stop_vm))
+        .routes(routes!(vms::start_vm))
+        .routes(routes!(vms::console))
+        .routes(routes!(seed::seed_file))
+        .routes(routes!(seed::seed_ready))
         .layer(DefaultBodyLimit::max(max_json_body))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| async move {
@@ -156,6 +168,9 @@ fn routes(
         // With `wait=true` staging answers when the job ends, which outlasts the deadline.
         .routes(routes!(staged::create_staged_vm))
         .routes(routes!(jobs::job_events))
+        // With `wait=true` a deployment answers when its VMs are ready; artifacts stream.
+        .routes(routes!(vms::deploy))
+        .routes(routes!(seed::seed_artifact))
         .routes(routes!(jobs::events));
     // A plugin is a few MiB of WebAssembly: more than a JSON body, read whole to check it.
     let plugins = OpenApiRouter::new()

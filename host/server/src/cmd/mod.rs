@@ -4,6 +4,7 @@ pub mod hosts;
 pub mod place;
 pub mod plan;
 pub mod staged;
+pub mod vms;
 
 use std::path::PathBuf;
 

@@ -405,6 +405,9 @@ fn serve_help_documents_every_option_with_its_variable() {
         ),
         ("--disk-allocation-ratio", "SLIPWAY_DISK_ALLOCATION_RATIO"),
         ("--local-agent", "SLIPWAY_LOCAL_AGENT"),
+        ("--mac-prefix", "SLIPWAY_MAC_PREFIX"),
+        ("--seed-url", "SLIPWAY_SEED_URL"),
+        ("--ready-timeout", "SLIPWAY_READY_TIMEOUT"),
     ] {
         assert!(help.contains(flag), "{flag} undocumented");
         assert!(
@@ -413,7 +416,7 @@ fn serve_help_documents_every_option_with_its_variable() {
         );
     }
     // Every option has a sentence, not just a name.
-    assert_eq!(help.matches("[env: SLIPWAY_").count(), 24, "{help}");
+    assert_eq!(help.matches("[env: SLIPWAY_").count(), 27, "{help}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! command line, and `slipway place`.
 
 mod api;
+mod deployments;
 mod e2e;
 mod hosts;
 mod place;

@@ -99,7 +99,7 @@ fn model(
 /// The catalog: Debian 12 (nginx installed), Debian 11, a busybox test guest, Windows 11 (UEFI
 /// only); nginx 1.22 and 1.24 and redis for Linux, a Windows-only bundle. Hosts: two on rack a
 /// (8 CPUs, 16 GiB), one big one on rack b (4 CPUs, 96 GiB), one drained.
-async fn world(adjust: impl FnOnce(&mut slipway_server::config::Config)) -> TestApp {
+pub(crate) async fn world(adjust: impl FnOnce(&mut slipway_server::config::Config)) -> TestApp {
     let plugins = tempfile::tempdir().unwrap().keep();
     let dir = first_party_plugins(&plugins);
     std::os::unix::fs::symlink(artifacts::VALIDATE_BASIC.dir, dir.join("validate-basic")).unwrap();
@@ -218,7 +218,7 @@ async fn world(adjust: impl FnOnce(&mut slipway_server::config::Config)) -> Test
     app
 }
 
-async fn plan_as(app: &TestApp, token: &str, body: Value) -> Reply {
+pub(crate) async fn plan_as(app: &TestApp, token: &str, body: Value) -> Reply {
     app.call(Method::POST, "/v1/plans", Some(token), Some(body))
         .await
 }
