@@ -457,6 +457,7 @@ async fn a_table_of_requests_gets_the_findings_and_suggestions_it_should() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let plan = &reply.body;
     assert_eq!(plan["valid"], true);
+    eprintln!("a valid plan took {} µs", plan["elapsed_us"]);
     assert_eq!(plan["staged_vm"]["chosen"]["name"], "debian-12-staged");
     assert_eq!(plan["staged_vm"]["runner_up"]["name"], "debian-11-staged");
     let parts = plan["staged_vm"]["chosen"]["parts"].as_array().unwrap();
@@ -644,6 +645,8 @@ async fn taking_every_suggestion_of_an_invalid_request_yields_a_valid_one() {
             mistake(&mut rng, &mut body);
         }
         let reply = plan_as(&app, &app.requester, body.clone()).await;
+        let took = reply.body["elapsed_us"].as_u64().or(reply.body["plan"]["elapsed_us"].as_u64());
+        eprintln!("generated request {case}: {} in {took:?} µs", reply.status);
         if reply.status == StatusCode::OK {
             continue;
         }
