@@ -22,6 +22,7 @@ need_packages() {
   local missing=()
   command -v qemu-img >/dev/null || missing+=(qemu-utils)
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+  command -v sfdisk >/dev/null || missing+=(fdisk)
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
@@ -30,3 +31,6 @@ need_packages() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
 }
 need_packages
+# QEMU's system emulator, for the deployment tests' real VMs: from bookworm-backports, to match
+# qemu-img (see scripts/fixtures/qemu-system).
+command -v qemu-system-x86_64 >/dev/null || scripts/fixtures/qemu-system >/dev/null

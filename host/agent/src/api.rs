@@ -1,23 +1,32 @@
-//! The agent's own API, for the server's calls: health (open), the machine's status and its VMs
-//! (with the secret the agent gave the server at join). The deploy work adds image transfer and
-//! VM lifecycle here, behind the same check.
+//! The agent's own API, for the server's calls: health (open); with the secret the agent gave
+//! the server at join, the machine's status, the image cache (receiving images in frames,
+//! resumably), and the VMs (create from a cached base, start, stop, console, delete).
 
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::json;
-use slipway_core::agent::{HostReport, VmReport};
+use slipway_core::agent::HostReport;
+use slipway_core::vm::VmSpec;
+
+use crate::cache::{Cache, CacheError};
+use crate::vm::{VmError, Vms};
 
 pub struct Shared {
     pub secret: String,
     pub data_dir: std::path::PathBuf,
     /// The report of the last heartbeat.
     pub latest: RwLock<Option<HostReport>>,
+    pub cache: Arc<Cache>,
+    pub vms: Arc<Vms>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -27,6 +36,21 @@ pub fn router(shared: AppState) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/vms", get(vms))
+        .route(
+            "/v1/vms/{id}",
+            get(vm_status).put(vm_create).delete(vm_delete),
+        )
+        .route("/v1/vms/{id}/stop", post(vm_stop))
+        .route("/v1/vms/{id}/start", post(vm_start))
+        .route("/v1/vms/{id}/console", get(vm_console))
+        .route("/v1/images", get(images))
+        .route(
+            "/v1/images/{digest}",
+            get(image_state)
+                .put(image_receive)
+                .delete(image_delete)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .with_state(shared)
 }
@@ -100,8 +124,242 @@ async fn status(_: FromServer, State(shared): State<AppState>) -> Response {
     }
 }
 
-async fn vms(_: FromServer, State(shared): State<AppState>) -> axum::Json<Vec<VmReport>> {
-    axum::Json(crate::metrics::vms(&shared.data_dir))
+async fn vms(
+    _: FromServer,
+    State(shared): State<AppState>,
+) -> axum::Json<Vec<slipway_core::vm::VmStatus>> {
+    axum::Json(shared.vms.list())
+}
+
+fn vm_problem(e: VmError) -> Response {
+    let (status, kind) = match &e {
+        VmError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+        VmError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        VmError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        VmError::NoBase(_) => (StatusCode::CONFLICT, "no-base-image"),
+        VmError::Qemu(_) => (StatusCode::UNPROCESSABLE_ENTITY, "qemu-failed"),
+        VmError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    problem(status, kind, &e.to_string())
+}
+
+async fn vm_status(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+) -> Response {
+    match shared.vms.status(&id).await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(e) => vm_problem(e),
+    }
+}
+
+async fn vm_create(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let spec: VmSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                &format!("not a VM spec: {e}"),
+            );
+        }
+    };
+    if spec.id != id {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            &format!("the spec is VM {}'s, not {id}'s", spec.id),
+        );
+    }
+    let base = spec.base_image.clone();
+    match shared.vms.create(spec).await {
+        Ok((status, created)) => {
+            shared.cache.touch(&base);
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (code, axum::Json(status)).into_response()
+        }
+        Err(e) => vm_problem(e),
+    }
+}
+
+async fn vm_delete(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+) -> Response {
+    match shared.vms.delete(&id).await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(e) => vm_problem(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct StopBody {
+    timeout_s: Option<u64>,
+}
+
+async fn vm_stop(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: StopBody = serde_json::from_slice(&body).unwrap_or_default();
+    let timeout = std::time::Duration::from_secs(body.timeout_s.unwrap_or(30).min(600));
+    match shared.vms.stop(&id, timeout).await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(e) => vm_problem(e),
+    }
+}
+
+async fn vm_start(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+) -> Response {
+    match shared.vms.start(&id).await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(e) => vm_problem(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConsoleQuery {
+    tail_bytes: Option<u64>,
+}
+
+async fn vm_console(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+) -> Response {
+    match shared
+        .vms
+        .console(&id, q.tail_bytes.unwrap_or(64 << 10).min(1 << 20))
+    {
+        Ok(bytes) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+            .into_response(),
+        Err(e) => vm_problem(e),
+    }
+}
+
+fn cache_problem(e: CacheError) -> Response {
+    let (status, kind) = match &e {
+        CacheError::BadDigest(_) | CacheError::Frame(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+        CacheError::Mismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "digest-mismatch"),
+        CacheError::NoSpace(_) | CacheError::TooBig { .. } => {
+            (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage")
+        }
+        CacheError::Busy(_) | CacheError::WrongStart { .. } | CacheError::InUse(_) => {
+            (StatusCode::CONFLICT, "conflict")
+        }
+        CacheError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+        CacheError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    problem(status, kind, &e.to_string())
+}
+
+async fn images(_: FromServer, State(shared): State<AppState>) -> Response {
+    let vms = shared.vms.clone();
+    axum::Json(shared.cache.list(|d| vms.uses(d))).into_response()
+}
+
+async fn image_state(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(digest): Path<String>,
+) -> Response {
+    match shared.cache.state(&digest) {
+        Ok(Some(state)) => axum::Json(state).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "not-found", "no such image here"),
+        Err(e) => cache_problem(e),
+    }
+}
+
+async fn image_delete(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(digest): Path<String>,
+) -> Response {
+    let used = shared.vms.uses(&digest);
+    match shared.cache.remove(&digest, used) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => cache_problem(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReceiveQuery {
+    size: u64,
+    #[serde(default)]
+    from: u64,
+}
+
+/// Receives an image's frames. An image already cached answers 200 without reading the body.
+async fn image_receive(
+    _: FromServer,
+    State(shared): State<AppState>,
+    Path(digest): Path<String>,
+    Query(q): Query<ReceiveQuery>,
+    body: Body,
+) -> Response {
+    if let Ok(Some(state @ crate::cache::ImageState::Cached { .. })) = shared.cache.state(&digest) {
+        return axum::Json(state).into_response();
+    }
+    let vms = shared.vms.clone();
+    let mut receiver = match shared
+        .cache
+        .begin(&digest, q.size, q.from, &|d| vms.uses(d))
+    {
+        Ok(r) => r,
+        Err(e) => return cache_problem(e),
+    };
+    let mut stream = body.into_data_stream();
+    // Writes are blocking file I/O: in place, but small (a chunk of the body at a time).
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(_) => {
+                let upto = receiver.interrupted();
+                tracing::info!(image = %digest, upto, "a transfer was cut; it resumes there");
+                return problem(StatusCode::BAD_REQUEST, "interrupted", "the body was cut");
+            }
+        };
+        if let Err(e) = tokio::task::block_in_place(|| receiver.feed(&chunk)) {
+            // A bad frame or a full disk: nothing to resume. Anything else: resume later.
+            if matches!(e, CacheError::Frame(_) | CacheError::NoSpace(_)) {
+                receiver.abandon();
+            } else {
+                receiver.interrupted();
+            }
+            return cache_problem(e);
+        }
+    }
+    match tokio::task::block_in_place(|| receiver.finish()) {
+        Ok(size) => {
+            tracing::info!(image = %digest, size, "image received and verified");
+            (
+                StatusCode::CREATED,
+                axum::Json(crate::cache::ImageState::Cached { digest, size }),
+            )
+                .into_response()
+        }
+        Err(e) => cache_problem(e),
+    }
 }
 
 #[cfg(test)]
@@ -113,9 +371,11 @@ mod tests {
     use super::*;
 
     fn app() -> Router {
-        let data_dir = std::env::temp_dir().join("slipway-agent-api-test-nonexistent");
+        let data_dir = tempfile::tempdir().unwrap().keep();
         router(Arc::new(Shared {
             secret: "0123456789abcdef".into(),
+            cache: Cache::open(&data_dir, 1 << 30).unwrap(),
+            vms: Vms::open(&data_dir, None, "tcg").unwrap(),
             data_dir,
             latest: RwLock::new(None),
         }))

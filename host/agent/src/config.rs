@@ -46,6 +46,10 @@ pub struct AgentArgs {
     /// The QEMU binary [default: qemu-system-<arch> on the PATH].
     #[arg(long, env = "SLIPWAY_AGENT_QEMU")]
     pub qemu: Option<PathBuf>,
+    /// The most the image cache may hold, in MiB; unused images are evicted to stay under it
+    /// [default: half the data directory's file system].
+    #[arg(long, env = "SLIPWAY_AGENT_CACHE_MAX_MIB")]
+    pub cache_max_mib: Option<u64>,
     /// Log filter in `tracing` syntax [default: info].
     #[arg(long, env = "SLIPWAY_AGENT_LOG")]
     pub log: Option<String>,
@@ -80,6 +84,7 @@ struct FileConfig {
     labels: Option<BTreeMap<String, String>>,
     reserved_memory_mib: Option<u64>,
     qemu: Option<PathBuf>,
+    cache_max_mib: Option<u64>,
     log: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -117,6 +122,8 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub reserved_memory_mib: u64,
     pub qemu: Option<PathBuf>,
+    /// `None`: half the data directory's file system, measured at start.
+    pub cache_max_mib: Option<u64>,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -185,6 +192,7 @@ impl Config {
                 .or(file.reserved_memory_mib)
                 .unwrap_or(0),
             qemu: args.qemu.or(file.qemu),
+            cache_max_mib: args.cache_max_mib.or(file.cache_max_mib),
             log: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
             log_format: args
                 .log_format

@@ -44,6 +44,8 @@ pub enum RunError {
     },
     #[error("joining the server")]
     Join(#[source] ClientError),
+    #[error("opening the VMs and images: {0}")]
+    Vms(String),
     #[error("the hypervisor probe did not finish")]
     Probe(#[from] tokio::task::JoinError),
 }
@@ -80,10 +82,31 @@ pub async fn run(
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
+    let accelerator = match fixed.hypervisor.accelerator {
+        slipway_core::agent::Accelerator::Kvm => "kvm",
+        _ => "tcg",
+    };
+    let qemu_path = fixed
+        .hypervisor
+        .qemu
+        .as_ref()
+        .map(|q| std::path::PathBuf::from(&q.path));
+    let vms = crate::vm::Vms::open(&config.data_dir, qemu_path, accelerator)
+        .map_err(|e| RunError::Vms(e.to_string()))?;
+    let cache_max = match config.cache_max_mib {
+        Some(mib) => mib << 20,
+        None => crate::metrics::disk_mib(&config.data_dir)
+            .map(|(total, _)| (total << 20) / 2)
+            .unwrap_or(u64::MAX),
+    };
+    let cache = crate::cache::Cache::open(&config.data_dir, cache_max)
+        .map_err(|e| RunError::Vms(e.to_string()))?;
     let shared = Arc::new(Shared {
         secret: state.agent_secret.clone(),
         data_dir: config.data_dir.clone(),
         latest: std::sync::RwLock::new(None),
+        cache,
+        vms,
     });
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let router = crate::api::router(shared.clone());

@@ -17,11 +17,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+#[path = "agent/deploy.rs"]
+mod deploy;
+
 async fn start_server(data: &Path, port: u16) -> Server {
+    start_server_with(data, port, |_| {}).await
+}
+
+async fn start_server_with(data: &Path, port: u16, adjust: impl Fn(&mut Config)) -> Server {
     let mut config = Config::with_data_dir(data);
     config.listen = format!("127.0.0.1:{port}").parse().unwrap();
     config.heartbeat_interval = Duration::from_millis(200);
     config.missed_heartbeats = 3;
+    adjust(&mut config);
     // A port just freed may linger briefly after a stop.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -44,6 +52,10 @@ struct Agent {
 
 impl Agent {
     fn start(url: &str, data: &Path, token_file: Option<&Path>) -> Self {
+        Self::start_named(url, data, token_file, "node-x")
+    }
+
+    fn start_named(url: &str, data: &Path, token_file: Option<&Path>, name: &str) -> Self {
         let log = data.with_extension(format!(
             "log.{}",
             std::time::SystemTime::now()
@@ -54,7 +66,7 @@ impl Agent {
         let mut command = Command::new(env!("CARGO_BIN_EXE_slipway-agent"));
         command
             .args(["run", "--server", url, "--listen", "127.0.0.1:0"])
-            .args(["--name", "node-x", "--label", "zone=a"])
+            .args(["--name", name, "--label", "zone=a"])
             .arg("--data-dir")
             .arg(data)
             .env("SLIPWAY_AGENT_LOG", "debug")

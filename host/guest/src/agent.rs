@@ -26,6 +26,8 @@ pub struct Options {
     pub seed: Option<String>,
     /// How long to keep retrying the seed while the network or the server comes up.
     pub retry_for: Duration,
+    /// How long one app's install may take.
+    pub install_timeout: Duration,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             cmdline: None,
             seed: None,
             retry_for: DEFAULT_RETRY_FOR,
+            install_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -258,15 +261,8 @@ pub fn run(opts: &Options) -> Result<Outcome, AgentError> {
         log(format_args!(
             "instance {instance_id} is already applied, but was not reported; reporting"
         ));
-        let reported = report(
-            &guest,
-            &url,
-            &instance_id,
-            hostname.as_deref(),
-            &[],
-            &[],
-            opts.retry_for,
-        )?;
+        let body = ready_json(&instance_id, hostname.as_deref(), &[], &[], &[]);
+        let reported = report(&guest, &url, &instance_id, body, opts.retry_for)?;
         return Ok(Outcome::Applied {
             instance_id,
             applied: Vec::new(),
@@ -276,6 +272,21 @@ pub fn run(opts: &Options) -> Result<Outcome, AgentError> {
 
     // Everything is fetched and checked before the first write, so a refused seed changes nothing.
     let user_data = fetch(&url, "user-data", seed::MAX_USER_DATA, opts.retry_for)?;
+    // The apps to install; a document that does not check out installs nothing, and says why.
+    let mut errors = Vec::new();
+    let apps = match fetch(
+        &url,
+        "slipway-apps",
+        crate::apps::MAX_DOCUMENT,
+        opts.retry_for,
+    )? {
+        Some(doc) => crate::apps::parse(&doc).unwrap_or_else(|e| {
+            log(format_args!("apps: {e}"));
+            errors.push(format!("apps: {e}"));
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     log(format_args!(
         "applying instance {instance_id}{}",
         state
@@ -285,7 +296,6 @@ pub fn run(opts: &Options) -> Result<Outcome, AgentError> {
     ));
 
     let mut applied = Vec::new();
-    let mut errors = Vec::new();
     if let Some(h) = &meta.local_hostname {
         apply_hostname(&guest, h)?;
         applied.extend(["hostname".to_owned(), "hosts".to_owned()]);
@@ -312,16 +322,39 @@ pub fn run(opts: &Options) -> Result<Outcome, AgentError> {
     } else {
         log("the seed has no user-data");
     }
+    // Apps last: their install scripts see the VM's own identity.
+    let fetch_artifact = |name: &str| -> Result<Vec<u8>, String> {
+        fetch(&url, name, crate::apps::MAX_BUNDLE, opts.retry_for)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the seed has no {name}"))
+    };
+    let installed = crate::apps::install(
+        &opts.root,
+        &apps,
+        &instance_id,
+        &fetch_artifact,
+        opts.install_timeout,
+    );
+    for app in &installed {
+        if app.ok {
+            applied.push(format!("app:{}", app.name));
+        } else {
+            errors.push(format!(
+                "app {}: {}",
+                app.name,
+                app.detail.lines().next().unwrap_or_default()
+            ));
+        }
+    }
     guest.write(STATE_INSTANCE, format!("{instance_id}\n").as_bytes(), 0o644)?;
-    let reported = report(
-        &guest,
-        &url,
+    let body = ready_json(
         &instance_id,
         hostname.as_deref(),
         &applied,
         &errors,
-        opts.retry_for,
-    )?;
+        &installed,
+    );
+    let reported = report(&guest, &url, &instance_id, body, opts.retry_for)?;
     Ok(Outcome::Applied {
         instance_id,
         applied,
@@ -555,12 +588,9 @@ fn report(
     guest: &Guest<'_>,
     url: &SeedUrl,
     instance_id: &str,
-    hostname: Option<&str>,
-    applied: &[String],
-    errors: &[String],
+    body: String,
     budget: Duration,
 ) -> Result<bool, AgentError> {
-    let body = ready_json(instance_id, hostname, applied, errors);
     let limits = Limits {
         connect: CONNECT_TIMEOUT,
         total: FETCH_TIMEOUT,
@@ -590,12 +620,14 @@ fn report(
     }
 }
 
-/// The `ready` report: `{"instance-id": ..., "hostname": ..., "applied": [...], "errors": [...]}`.
+/// The `ready` report: `{"instance-id": ..., "hostname": ..., "applied": [...], "errors": [...],
+/// "apps": [{"name", "version", "ok", "detail"}]}`.
 pub fn ready_json(
     instance_id: &str,
     hostname: Option<&str>,
     applied: &[String],
     errors: &[String],
+    apps: &[crate::apps::Outcome],
 ) -> String {
     let list = |items: &[String]| {
         items
@@ -604,8 +636,21 @@ pub fn ready_json(
             .collect::<Vec<_>>()
             .join(",")
     };
+    let apps = apps
+        .iter()
+        .map(|a| {
+            format!(
+                "{{\"name\":{},\"version\":{},\"ok\":{},\"detail\":{}}}",
+                json_string(&a.name),
+                json_string(&a.version),
+                a.ok,
+                json_string(&a.detail)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     format!(
-        "{{\"instance-id\":{},\"hostname\":{},\"applied\":[{}],\"errors\":[{}]}}",
+        "{{\"instance-id\":{},\"hostname\":{},\"applied\":[{}],\"errors\":[{}],\"apps\":[{apps}]}}",
         json_string(instance_id),
         hostname.map_or("null".to_owned(), json_string),
         list(applied),
@@ -671,11 +716,17 @@ mod tests {
             Some("vm"),
             &["hostname".into()],
             &["x\ny".into()],
+            &[crate::apps::Outcome {
+                name: "hello".into(),
+                version: "1".into(),
+                ok: true,
+                detail: "done".into(),
+            }],
         );
         assert_eq!(
             body,
-            r#"{"instance-id":"i-\"1\"","hostname":"vm","applied":["hostname"],"errors":["x\u000ay"]}"#
+            r#"{"instance-id":"i-\"1\"","hostname":"vm","applied":["hostname"],"errors":["x\u000ay"],"apps":[{"name":"hello","version":"1","ok":true,"detail":"done"}]}"#
         );
-        assert!(ready_json("i", None, &[], &[]).contains("\"hostname\":null"));
+        assert!(ready_json("i", None, &[], &[], &[]).contains("\"hostname\":null"));
     }
 }

@@ -13,10 +13,13 @@
 //!   64 KiB);
 //! - `GET user-data`: optional (404 when there is none; 1 MiB at most), kept in the guest at
 //!   `/var/lib/slipway/user-data`;
+//! - `GET slipway-apps`: optional, the apps to install at first boot ([`apps`]), at most 256 KiB;
+//!   `GET artifacts/<sha256>` the bundles it names;
 //! - `POST ready`: the agent's report, JSON `{"instance-id", "hostname", "applied": [...],
-//!   "errors": [...]}`; any 2xx accepts it.
+//!   "errors": [...], "apps": [{"name", "version", "ok", "detail"}]}`; any 2xx accepts it.
 
 pub mod agent;
+pub mod apps;
 pub mod http;
 pub mod seed;
 pub mod wire;

@@ -832,7 +832,7 @@ fn firstboot_reads_the_kernel_command_line_and_reports_again_after_a_failed_repo
     assert_eq!(server.posts().len(), posts + 1);
     assert_eq!(
         server.posts().last().unwrap().body,
-        r#"{"instance-id":"i-2","hostname":"db","applied":[],"errors":[]}"#
+        r#"{"instance-id":"i-2","hostname":"db","applied":[],"errors":[],"apps":[]}"#
     );
     assert_eq!(text(&root.join("etc/machine-id")), machine_id);
     let out = run();

@@ -331,7 +331,7 @@ impl Deployer {
     pub async fn transfer(
         &self,
         vm: &mut Vm,
-        progress: impl FnMut(u64, u64) + Send,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
     ) -> Result<(), StepFailure> {
         let (url, secret) = self.agent(&vm.host)?;
         let path = self.images.blob_path(&vm.image);

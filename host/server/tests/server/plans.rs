@@ -645,7 +645,9 @@ async fn taking_every_suggestion_of_an_invalid_request_yields_a_valid_one() {
             mistake(&mut rng, &mut body);
         }
         let reply = plan_as(&app, &app.requester, body.clone()).await;
-        let took = reply.body["elapsed_us"].as_u64().or(reply.body["plan"]["elapsed_us"].as_u64());
+        let took = reply.body["elapsed_us"]
+            .as_u64()
+            .or(reply.body["plan"]["elapsed_us"].as_u64());
         eprintln!("generated request {case}: {} in {took:?} µs", reply.status);
         if reply.status == StatusCode::OK {
             continue;

@@ -1,0 +1,318 @@
+//! A request becomes a real VM: a server and two agents on loopback, the test guest (a Debian
+//! cloud kernel and a busybox root, built by `scripts/fixtures/test-guest`) registered as a model
+//! VM and staged, then deployed with an app it lacks; the guest boots under QEMU, fetches its
+//! seed, installs the app and reports ready with the identity it was given.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{Agent, Api, free_port, start_server_with};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The test guest's directory (`disk.qcow2`, `guest.json`), built or taken from the cache; or
+/// why it cannot be here.
+fn test_guest() -> Result<PathBuf, String> {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("qemu-system-x86_64 is not installed (scripts/fixtures/qemu-system)".into());
+    }
+    let out = Command::new(repo().join("scripts/fixtures/test-guest"))
+        .output()
+        .map_err(|e| format!("scripts/fixtures/test-guest: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/fixtures/test-guest failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok(PathBuf::from(dir))
+}
+
+/// Skips (printing why) unless the machine can run the test; CI sets the variable so that it
+/// must.
+fn guest_or_skip() -> Option<PathBuf> {
+    match test_guest() {
+        Ok(dir) => Some(dir),
+        Err(why) if std::env::var_os("SLIPWAY_REQUIRE_QEMU_TESTS").is_none() => {
+            eprintln!("skipped: {why}");
+            None
+        }
+        Err(why) => panic!("{why}"),
+    }
+}
+
+impl Api {
+    async fn upload(&self, name: &str, kind: &str, bytes: Vec<u8>) -> String {
+        let response = self
+            .http
+            .post(format!(
+                "{}/v1/images?name={name}&kind={kind}&wait=true",
+                self.url
+            ))
+            .bearer_auth(&self.admin)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let job: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "{job}");
+        job["result"]["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, reply) = self.call(method.clone(), path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {reply}"
+        );
+        reply
+    }
+}
+
+/// A bundle: a tar with `install.sh`, which leaves a mark the test can see in the guest's report.
+fn bundle(dir: &Path) -> Vec<u8> {
+    let src = dir.join("bundle");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("install.sh"),
+        "#!/bin/sh\nset -e\nmkdir -p \"$SLIPWAY_ROOT/opt/hello\"\necho hello > \"$SLIPWAY_ROOT/opt/hello/installed\"\necho \"hello installed on $(hostname)\"\n",
+    )
+    .unwrap();
+    let tar = dir.join("hello.tar");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&src)
+        .arg("install.sh")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(tar).unwrap()
+}
+
+/// The VM once its deploy job has ended.
+async fn wait_for_vm(api: &Api, id: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let vm = api
+            .ok(reqwest::Method::GET, &format!("/v1/vms/{id}"), None)
+            .await;
+        let job = api
+            .ok(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{}", vm["job"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        if job["state"] == "succeeded" || job["state"] == "failed" {
+            return api
+                .ok(reqwest::Method::GET, &format!("/v1/vms/{id}"), None)
+                .await;
+        }
+        assert!(Instant::now() < deadline, "VM {id} still deploying: {vm}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() {
+    let Some(guest) = guest_or_skip() else {
+        return;
+    };
+    let described: Value =
+        serde_json::from_slice(&std::fs::read(guest.join("guest.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let plugins = slipway_test_artifacts::first_party_placement_plugins(dir.path());
+    std::os::unix::fs::symlink(
+        slipway_test_artifacts::IDENTITY_LINUX.dir,
+        plugins.join("identity-linux"),
+    )
+    .unwrap();
+    let server = start_server_with(&data, port, |c| {
+        c.plugins = plugins.clone();
+        c.guest_agent = Some(slipway_test_artifacts::GUEST_AGENT.into());
+        c.ready_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let api = Api::new(&url, &data);
+
+    // Two hosts, each an agent with its own data directory.
+    let (_, token) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/join-tokens",
+            Some(json!({ "name": "e2e", "uses": 2 })),
+        )
+        .await;
+    let token_file = dir.path().join("join.token");
+    std::fs::write(&token_file, token["secret"].as_str().unwrap()).unwrap();
+    let agents: Vec<(Agent, PathBuf)> = ["node-a", "node-b"]
+        .into_iter()
+        .map(|name| {
+            let data = dir.path().join(name);
+            (
+                Agent::start_named(&url, &data, Some(&token_file), name),
+                data,
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api
+        .hosts()
+        .await
+        .iter()
+        .filter(|h| h["state"] == "ready")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the agents did not join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The catalog: the test guest as a model VM, staged; an app it lacks, as a bundle.
+    let image = api
+        .upload(
+            "test-guest",
+            "disk",
+            std::fs::read(guest.join("disk.qcow2")).unwrap(),
+        )
+        .await;
+    let artifact = api.upload("hello", "artifact", bundle(dir.path())).await;
+    api.ok(
+        reqwest::Method::POST,
+        "/v1/applications",
+        Some(
+            json!({"name": "hello", "version": "1.0", "recipes": [{"os_family": "linux",
+            "method": {"kind": "bundle", "artifact": artifact, "install_script": "install.sh"}}]}),
+        ),
+    )
+    .await;
+    let mut hardware = described["hardware"].clone();
+    hardware["disks"][0]["image"] = json!(image);
+    let os = &described["os"];
+    api.ok(
+        reqwest::Method::POST,
+        "/v1/model-vms",
+        Some(json!({"name": "tiny", "hardware": hardware, "os": os})),
+    )
+    .await;
+    let staged = api
+        .ok(
+            reqwest::Method::POST,
+            "/v1/staged-vms?wait=true",
+            Some(json!({"model_vm": "tiny"})),
+        )
+        .await;
+    assert_eq!(staged["state"], "succeeded", "{staged}");
+
+    // The plan names the host; the deployment goes there and the guest reports ready.
+    let request =
+        json!({"os": {"distro": os["distro"]}, "applications": ["hello"], "hostname": "web-1"});
+    let plan = api
+        .ok(reqwest::Method::POST, "/v1/plans", Some(request.clone()))
+        .await;
+    assert_eq!(plan["install"][0]["name"], "hello", "{plan}");
+    let deployed = api
+        .ok(reqwest::Method::POST, "/v1/deployments", Some(request))
+        .await;
+    let first = deployed["vms"][0]["id"].as_str().unwrap().to_owned();
+    let vm = wait_for_vm(&api, &first, Duration::from_secs(180)).await;
+    let host = vm["host"].as_str().unwrap().to_owned();
+    let console = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/vms/{first}/console"),
+            None,
+        )
+        .await;
+    assert_eq!(vm["phase"], "ready", "{vm}\nconsole: {console:?}");
+    let ready = &vm["ready"];
+    assert_eq!(ready["hostname"], "web-1", "{vm}");
+    assert_eq!(ready["instance_id"], vm["instance_id"]);
+    assert_eq!(ready["agent"], "slipway-firstboot");
+    for applied in ["hostname", "machine-id"] {
+        assert!(
+            ready["applied"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == applied),
+            "{applied} not applied: {ready}"
+        );
+    }
+    let app = &ready["apps"][0];
+    assert_eq!(app["name"], "hello", "{ready}");
+    assert_eq!(app["ok"], true, "{ready}");
+    assert!(
+        app["detail"]
+            .as_str()
+            .unwrap()
+            .contains("hello installed on web-1"),
+        "{ready}"
+    );
+    assert!(vm["transferred_bytes"].as_u64().unwrap() > 0, "{vm}");
+    let claim = vm["claim"].as_str().unwrap().to_owned();
+    let claimed = api
+        .ok(reqwest::Method::GET, &format!("/v1/claims/{claim}"), None)
+        .await;
+    assert_eq!(claimed["state"], "confirmed");
+    assert_eq!(claimed["host"], host.as_str());
+
+    // A second VM from the same staged image, pinned to the same host: nothing is sent again,
+    // and its disk is an overlay on the same cached base.
+    let second = api
+        .ok(
+            reqwest::Method::POST,
+            "/v1/deployments",
+            Some(json!({"os": {"distro": os["distro"]}, "hostname": "web-2", "placement": {"host": host}})),
+        )
+        .await;
+    let second = second["vms"][0]["id"].as_str().unwrap().to_owned();
+    let vm2 = wait_for_vm(&api, &second, Duration::from_secs(180)).await;
+    assert_eq!(vm2["phase"], "ready", "{vm2}");
+    assert_eq!(vm2["host"], host.as_str());
+    assert_eq!(vm2["transferred_bytes"], 0, "{vm2}");
+    assert_eq!(vm2["ready"]["hostname"], "web-2");
+    assert_ne!(vm2["macs"], vm["macs"]);
+
+    // Both deleted: their claims released, their files gone from the host.
+    let agent_dir = &agents
+        .iter()
+        .find(|(_, d)| d.ends_with(vm["host_name"].as_str().unwrap()))
+        .expect("the chosen host's agent")
+        .1;
+    for id in [&first, &second] {
+        assert!(agent_dir.join("vms").join(id).exists());
+        api.ok(reqwest::Method::DELETE, &format!("/v1/vms/{id}"), None)
+            .await;
+        assert!(
+            !agent_dir.join("vms").join(id).exists(),
+            "{id}'s files stayed"
+        );
+    }
+    let claims = api.ok(reqwest::Method::GET, "/v1/claims", None).await;
+    assert_eq!(claims["items"], json!([]));
+    drop(agents);
+    server.stop().await.unwrap();
+}
