@@ -328,28 +328,51 @@ async fn image_receive(
         Ok(r) => r,
         Err(e) => return cache_problem(e),
     };
+    // The writer (hashing, pwrite) runs on its own thread, a few chunks behind the socket, so
+    // that receiving and writing overlap.
+    enum Msg {
+        Data(axum::body::Bytes),
+        Cut,
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(64);
+    let writer = tokio::task::spawn_blocking(move || {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Data(chunk) => {
+                    if let Err(e) = receiver.feed(&chunk) {
+                        // A bad frame or a full disk: nothing to resume. Else: resume later.
+                        if matches!(e, CacheError::Frame(_) | CacheError::NoSpace(_)) {
+                            receiver.abandon();
+                        } else {
+                            receiver.interrupted();
+                        }
+                        return Err(Some(e));
+                    }
+                }
+                Msg::Cut => {
+                    receiver.interrupted();
+                    return Err(None);
+                }
+            }
+        }
+        receiver.finish().map_err(Some)
+    });
     let mut stream = body.into_data_stream();
-    // Writes are blocking file I/O: in place, but small (a chunk of the body at a time).
     while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(_) => {
-                let upto = receiver.interrupted();
-                tracing::info!(image = %digest, upto, "a transfer was cut; it resumes there");
-                return problem(StatusCode::BAD_REQUEST, "interrupted", "the body was cut");
-            }
+        let msg = match chunk {
+            Ok(c) => Msg::Data(c),
+            Err(_) => Msg::Cut,
         };
-        if let Err(e) = tokio::task::block_in_place(|| receiver.feed(&chunk)) {
-            // A bad frame or a full disk: nothing to resume. Anything else: resume later.
-            if matches!(e, CacheError::Frame(_) | CacheError::NoSpace(_)) {
-                receiver.abandon();
-            } else {
-                receiver.interrupted();
-            }
-            return cache_problem(e);
+        let cut = matches!(msg, Msg::Cut);
+        if tx.send(msg).await.is_err() || cut {
+            break; // the writer stopped (an error it will report), or the body was cut
         }
     }
-    match tokio::task::block_in_place(|| receiver.finish()) {
+    drop(tx);
+    let result = writer
+        .await
+        .unwrap_or_else(|e| Err(Some(CacheError::Frame(format!("the writer failed: {e}")))));
+    match result {
         Ok(size) => {
             tracing::info!(image = %digest, size, "image received and verified");
             (
@@ -358,7 +381,11 @@ async fn image_receive(
             )
                 .into_response()
         }
-        Err(e) => cache_problem(e),
+        Err(None) => {
+            tracing::info!(image = %digest, "a transfer was cut; it resumes where it got to");
+            problem(StatusCode::BAD_REQUEST, "interrupted", "the body was cut")
+        }
+        Err(Some(e)) => cache_problem(e),
     }
 }
 

@@ -19,6 +19,102 @@ fn free_port() -> u16 {
 
 #[path = "agent/deploy.rs"]
 mod deploy;
+#[path = "agent/transfer.rs"]
+mod transfer;
+
+/// An agent with no server to join (it keeps trying), for its own API.
+struct StandaloneAgent {
+    child: Child,
+    url: String,
+    addr: std::net::SocketAddr,
+    secret: String,
+    data: PathBuf,
+}
+
+impl StandaloneAgent {
+    fn start(data: &Path, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(data).unwrap();
+        let port = free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_slipway-agent"))
+            .args([
+                "run",
+                "--server",
+                "http://127.0.0.1:1",
+                "--join-token",
+                "slj_none",
+            ])
+            .args(["--listen", &addr.to_string(), "--name", "standalone"])
+            .arg("--data-dir")
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(data.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let secret = loop {
+            let up = std::net::TcpStream::connect(addr).is_ok();
+            let state = std::fs::read(data.join("agent.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            if let Some(secret) = state
+                .as_ref()
+                .and_then(|s| s["agent_secret"].as_str())
+                .filter(|_| up)
+            {
+                break secret.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not start: {}",
+                std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            addr,
+            secret,
+            data: data.to_owned(),
+        }
+    }
+}
+
+impl Drop for StandaloneAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the test runs as root; a skip (printed) otherwise, unless CI requires it.
+fn root_or_skip() -> bool {
+    if rustix_is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SLIPWAY_REQUIRE_ROOT_TESTS").is_none(),
+        "this test needs root, and SLIPWAY_REQUIRE_ROOT_TESTS is set"
+    );
+    eprintln!("skipped: needs root");
+    false
+}
+
+fn rustix_is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// Unmounts a file system when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
 
 async fn start_server(data: &Path, port: u16) -> Server {
     start_server_with(data, port, |_| {}).await
@@ -56,6 +152,11 @@ impl Agent {
     }
 
     fn start_named(url: &str, data: &Path, token_file: Option<&Path>, name: &str) -> Self {
+        Self::start_at(url, data, token_file, name, 0)
+    }
+
+    /// On a port of its own (0: any), so that a restart keeps the URL the server calls.
+    fn start_at(url: &str, data: &Path, token_file: Option<&Path>, name: &str, port: u16) -> Self {
         let log = data.with_extension(format!(
             "log.{}",
             std::time::SystemTime::now()
@@ -65,7 +166,13 @@ impl Agent {
         ));
         let mut command = Command::new(env!("CARGO_BIN_EXE_slipway-agent"));
         command
-            .args(["run", "--server", url, "--listen", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--server",
+                url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .args(["--name", name, "--label", "zone=a"])
             .arg("--data-dir")
             .arg(data)

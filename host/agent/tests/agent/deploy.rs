@@ -132,11 +132,34 @@ async fn wait_for_vm(api: &Api, id: &str, limit: Duration) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() {
-    let Some(guest) = guest_or_skip() else {
-        return;
-    };
+/// Kills every QEMU whose command line names a path under the directory.
+struct KillVms(PathBuf);
+
+impl Drop for KillVms {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f"])
+            .arg(self.0.display().to_string())
+            .status();
+    }
+}
+
+/// A server with the first-party plugins and the first-boot agent, two agents joined (each on a
+/// port of its own, kept across restarts), the test guest registered as a model VM and staged,
+/// and an app it lacks.
+struct Env {
+    _dir: tempfile::TempDir,
+    /// Stops any QEMU a failed test leaves (they run detached, on purpose).
+    _vms: KillVms,
+    server: slipway_server::Server,
+    api: Api,
+    url: String,
+    agents: Vec<(Agent, PathBuf, u16)>,
+    os: Value,
+}
+
+async fn setup(adjust: impl Fn(&mut slipway_server::config::Config)) -> Option<Env> {
+    let guest = guest_or_skip()?;
     let described: Value =
         serde_json::from_slice(&std::fs::read(guest.join("guest.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -153,6 +176,7 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
         c.plugins = plugins.clone();
         c.guest_agent = Some(slipway_test_artifacts::GUEST_AGENT.into());
         c.ready_timeout = Duration::from_secs(120);
+        adjust(c);
     })
     .await;
     let api = Api::new(&url, &data);
@@ -167,13 +191,15 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
         .await;
     let token_file = dir.path().join("join.token");
     std::fs::write(&token_file, token["secret"].as_str().unwrap()).unwrap();
-    let agents: Vec<(Agent, PathBuf)> = ["node-a", "node-b"]
+    let agents: Vec<(Agent, PathBuf, u16)> = ["node-a", "node-b"]
         .into_iter()
         .map(|name| {
             let data = dir.path().join(name);
+            let port = free_port();
             (
-                Agent::start_named(&url, &data, Some(&token_file), name),
+                Agent::start_at(&url, &data, Some(&token_file), name, port),
                 data,
+                port,
             )
         })
         .collect();
@@ -210,7 +236,7 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
     .await;
     let mut hardware = described["hardware"].clone();
     hardware["disks"][0]["image"] = json!(image);
-    let os = &described["os"];
+    let os = described["os"].clone();
     api.ok(
         reqwest::Method::POST,
         "/v1/model-vms",
@@ -225,6 +251,33 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
         )
         .await;
     assert_eq!(staged["state"], "succeeded", "{staged}");
+    Some(Env {
+        _vms: KillVms(dir.path().to_owned()),
+        _dir: dir,
+        server,
+        api,
+        url,
+        agents,
+        os,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() {
+    let Some(env) = setup(|_| {}).await else {
+        return;
+    };
+    let Env {
+        _dir,
+        _vms,
+        server,
+        api,
+        url,
+        mut agents,
+        os,
+        ..
+    } = env;
+    let api = &api;
 
     // The plan names the host; the deployment goes there and the guest reports ready.
     let request =
@@ -237,7 +290,7 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
         .ok(reqwest::Method::POST, "/v1/deployments", Some(request))
         .await;
     let first = deployed["vms"][0]["id"].as_str().unwrap().to_owned();
-    let vm = wait_for_vm(&api, &first, Duration::from_secs(180)).await;
+    let vm = wait_for_vm(api, &first, Duration::from_secs(180)).await;
     let host = vm["host"].as_str().unwrap().to_owned();
     let console = api
         .call(
@@ -279,6 +332,80 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
     assert_eq!(claimed["state"], "confirmed");
     assert_eq!(claimed["host"], host.as_str());
 
+    // The host's agent is killed (SIGKILL) and started again: the VM kept running, and the
+    // agent adopts it, same QEMU process.
+    let at = agents
+        .iter()
+        .position(|(_, d, _)| d.ends_with(vm["host_name"].as_str().unwrap()))
+        .unwrap();
+    let (agent, data, port) = &mut agents[at];
+    let record = |data: &Path| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(data.join("vms").join(&first).join("vm.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let pid = record(data)["pid"].as_u64().unwrap();
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU died with its agent"
+    );
+    let name = data.file_name().unwrap().to_string_lossy().into_owned();
+    *agent = Agent::start_at(&url, data, None, &name, *port);
+    let secret: Value =
+        serde_json::from_slice(&std::fs::read(data.join("agent.json")).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let answer = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/v1/vms/{first}"))
+            .bearer_auth(secret["agent_secret"].as_str().unwrap())
+            .send()
+            .await;
+        if let Ok(r) = answer
+            && r.status().is_success()
+        {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["pid"], pid, "{status}");
+    assert_eq!(status["qmp_status"], "running", "{status}");
+
+    // Stopped (the guest powers itself down on ACPI's button), started again, the console read.
+    let stopped = api
+        .ok(
+            reqwest::Method::POST,
+            &format!("/v1/vms/{first}/stop"),
+            Some(json!({"timeout_s": 30})),
+        )
+        .await;
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    let started = api
+        .ok(
+            reqwest::Method::POST,
+            &format!("/v1/vms/{first}/start"),
+            None,
+        )
+        .await;
+    assert_eq!(started["state"], "running", "{started}");
+    let console = reqwest::Client::new()
+        .get(format!("{url}/v1/vms/{first}/console"))
+        .bearer_auth(&api.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(console.contains("slipway-test-guest: up"), "{console}");
+
     // A second VM from the same staged image, pinned to the same host: nothing is sent again,
     // and its disk is an overlay on the same cached base.
     let second = api
@@ -289,7 +416,7 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
         )
         .await;
     let second = second["vms"][0]["id"].as_str().unwrap().to_owned();
-    let vm2 = wait_for_vm(&api, &second, Duration::from_secs(180)).await;
+    let vm2 = wait_for_vm(api, &second, Duration::from_secs(180)).await;
     assert_eq!(vm2["phase"], "ready", "{vm2}");
     assert_eq!(vm2["host"], host.as_str());
     assert_eq!(vm2["transferred_bytes"], 0, "{vm2}");
@@ -297,11 +424,12 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
     assert_ne!(vm2["macs"], vm["macs"]);
 
     // Both deleted: their claims released, their files gone from the host.
-    let agent_dir = &agents
+    let agent_dir = agents
         .iter()
-        .find(|(_, d)| d.ends_with(vm["host_name"].as_str().unwrap()))
+        .find(|(_, d, _)| d.ends_with(vm["host_name"].as_str().unwrap()))
         .expect("the chosen host's agent")
-        .1;
+        .1
+        .clone();
     for id in [&first, &second] {
         assert!(agent_dir.join("vms").join(id).exists());
         api.ok(reqwest::Method::DELETE, &format!("/v1/vms/{id}"), None)
@@ -313,6 +441,59 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
     }
     let claims = api.ok(reqwest::Method::GET, "/v1/claims", None).await;
     assert_eq!(claims["items"], json!([]));
+    drop(agents);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_never_reports_fails_with_its_console_and_gives_everything_back() {
+    // The seed where no server listens: the guest boots, and waits for a seed that never comes.
+    let Some(env) = setup(|c| {
+        c.seed_url = Some("http://10.0.2.2:9".into());
+        c.ready_timeout = Duration::from_secs(20);
+    })
+    .await
+    else {
+        return;
+    };
+    let api = &env.api;
+    let deployed = api
+        .ok(
+            reqwest::Method::POST,
+            "/v1/deployments",
+            Some(json!({"os": {"distro": env.os["distro"]}, "hostname": "silent"})),
+        )
+        .await;
+    let id = deployed["vms"][0]["id"].as_str().unwrap().to_owned();
+    let vm = wait_for_vm(api, &id, Duration::from_secs(120)).await;
+    assert_eq!(vm["phase"], "failed", "{vm}");
+    let error = vm["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("step ready failed: the guest did not report ready within 20 s"),
+        "{error}"
+    );
+    assert!(
+        error.contains("slipway-test-guest: up"),
+        "the console's end: {error}"
+    );
+    assert_eq!(vm.get("claim"), None, "{vm}");
+    let claims = api.ok(reqwest::Method::GET, "/v1/claims", None).await;
+    assert_eq!(claims["items"], json!([]));
+    for (_, data, _) in &env.agents {
+        assert!(
+            !data.join("vms").join(&id).exists(),
+            "the failed VM stayed on its host"
+        );
+    }
+    let job = api
+        .ok(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{}", vm["job"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(job["error"]["step"], "ready");
+    let Env { server, agents, .. } = env;
     drop(agents);
     server.stop().await.unwrap();
 }
