@@ -430,33 +430,50 @@ impl Deployer {
         }
     }
 
-    pub async fn status(&self, vm: &Vm) -> Result<VmStatus, StepFailure> {
+    /// Calls the VM's host's agent at `/v1/vms/<id><rest>`; a failure answer is an error naming
+    /// what the agent said.
+    async fn call_agent(
+        &self,
+        vm: &Vm,
+        method: reqwest::Method,
+        rest: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, StepFailure> {
         let (url, secret) = self.agent(&vm.host)?;
-        let response = self
+        let mut request = self
             .http
-            .get(format!("{url}/v1/vms/{}", vm.id))
+            .request(method, format!("{url}/v1/vms/{}{rest}", vm.id))
             .bearer_auth(&secret)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await?;
+            .timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
         if !response.status().is_success() {
             return Err(StepFailure(agent_problem(response).await));
         }
+        Ok(response)
+    }
+
+    pub async fn status(&self, vm: &Vm) -> Result<VmStatus, StepFailure> {
+        let response = self
+            .call_agent(vm, reqwest::Method::GET, "", None, Duration::from_secs(10))
+            .await?;
         Ok(response.json().await?)
     }
 
     pub async fn console_tail(&self, vm: &Vm, bytes: u64) -> Result<String, StepFailure> {
-        let (url, secret) = self.agent(&vm.host)?;
+        let rest = format!("/console?tail_bytes={bytes}");
         let response = self
-            .http
-            .get(format!("{url}/v1/vms/{}/console?tail_bytes={bytes}", vm.id))
-            .bearer_auth(&secret)
-            .timeout(Duration::from_secs(10))
-            .send()
+            .call_agent(
+                vm,
+                reqwest::Method::GET,
+                &rest,
+                None,
+                Duration::from_secs(10),
+            )
             .await?;
-        if !response.status().is_success() {
-            return Err(StepFailure(agent_problem(response).await));
-        }
         Ok(response.text().await?)
     }
 
@@ -467,18 +484,15 @@ impl Deployer {
         action: &str,
         timeout_s: u64,
     ) -> Result<VmStatus, StepFailure> {
-        let (url, secret) = self.agent(&vm.host)?;
         let response = self
-            .http
-            .post(format!("{url}/v1/vms/{}/{action}", vm.id))
-            .bearer_auth(&secret)
-            .json(&serde_json::json!({ "timeout_s": timeout_s }))
-            .timeout(Duration::from_secs(timeout_s + 30))
-            .send()
+            .call_agent(
+                vm,
+                reqwest::Method::POST,
+                &format!("/{action}"),
+                Some(serde_json::json!({ "timeout_s": timeout_s })),
+                Duration::from_secs(timeout_s + 30),
+            )
             .await?;
-        if !response.status().is_success() {
-            return Err(StepFailure(agent_problem(response).await));
-        }
         Ok(response.json().await?)
     }
 

@@ -58,28 +58,28 @@ impl Qmp {
         Ok(qmp)
     }
 
-    async fn line(&mut self) -> Result<Value, QmpError> {
+    /// The next non-empty line, bounded in length; `Closed` at the end.
+    async fn next_line(&mut self) -> Result<String, QmpError> {
         let mut line = String::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                line.clear();
-                let n = (&mut self.reader)
-                    .take(MAX_LINE as u64)
-                    .read_line(&mut line)
-                    .await?;
-                if n == 0 {
-                    return Err(QmpError::Closed);
-                }
-                if !line.trim().is_empty() {
-                    return Ok(());
-                }
+        loop {
+            line.clear();
+            let n = (&mut self.reader)
+                .take(MAX_LINE as u64)
+                .read_line(&mut line)
+                .await?;
+            if n == 0 {
+                return Err(QmpError::Closed);
             }
-        })
-        .await;
-        match read {
-            Ok(r) => r?,
-            Err(_) => return Err(QmpError::Timeout),
+            if !line.trim().is_empty() {
+                return Ok(line);
+            }
         }
+    }
+
+    async fn line(&mut self) -> Result<Value, QmpError> {
+        let line = tokio::time::timeout(Duration::from_secs(10), self.next_line())
+            .await
+            .map_err(|_| QmpError::Timeout)??;
         Ok(serde_json::from_str(&line)?)
     }
 
@@ -110,14 +110,7 @@ impl Qmp {
     /// The next event (waits without a time limit); `Closed` when QEMU exits.
     pub async fn next_event(&mut self) -> Result<Value, QmpError> {
         loop {
-            let mut line = String::new();
-            let n = (&mut self.reader)
-                .take(MAX_LINE as u64)
-                .read_line(&mut line)
-                .await?;
-            if n == 0 {
-                return Err(QmpError::Closed);
-            }
+            let line = self.next_line().await?;
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && v.get("event").is_some()
             {

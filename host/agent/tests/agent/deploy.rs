@@ -450,7 +450,23 @@ async fn a_request_becomes_a_vm_that_boots_installs_its_app_and_reports_ready() 
         .1
         .clone();
     for id in [&first, &second] {
-        assert!(agent_dir.join("vms").join(id).exists());
+        // A copy-on-write overlay whose backing file is the one cached base.
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(agent_dir.join("vms").join(id).join("disk0.qcow2"))
+            .output()
+            .unwrap();
+        let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(
+            info["full-backing-filename"].as_str().map(Path::new),
+            Some(
+                agent_dir
+                    .join("images")
+                    .join(vm["image"].as_str().unwrap())
+                    .as_path()
+            ),
+            "{info}"
+        );
         api.ok(reqwest::Method::DELETE, &format!("/v1/vms/{id}"), None)
             .await;
         assert!(
