@@ -142,6 +142,11 @@ fn file_with(path: &Path, mib: u64, holes: bool) -> u64 {
     allocated
 }
 
+fn sync_all() {
+    // SAFETY: sync(2) takes nothing and cannot fail.
+    unsafe { libc::sync() };
+}
+
 fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -187,7 +192,7 @@ async fn cold_transfer(dir: &Path) {
     };
     let http = reqwest::Client::new();
     println!(
-        "cold transfer over loopback to a real agent vs cp to the same file system, 3 rounds each"
+        "cold transfer over loopback to a real agent vs cp to the same file system, 5 rounds each (medians), sync before each"
     );
     println!(
         "{:>14} {:>10} {:>10} {:>8} {:>14} {:>14}",
@@ -199,7 +204,10 @@ async fn cold_transfer(dir: &Path) {
         let digest = sha256_file(&src);
         let (mut cp, mut send) = (Vec::new(), Vec::new());
         let mut sent_bytes = 0;
-        for _ in 0..3 {
+        for _ in 0..5 {
+            // Each starts with nothing dirty waiting to be written: the other's writeback would
+            // otherwise land in its time.
+            sync_all();
             let dst = data.join("cp-copy");
             let t = Instant::now();
             let ok = Command::new("cp")
@@ -214,6 +222,7 @@ async fn cold_transfer(dir: &Path) {
             cp.push(t.elapsed().as_secs_f64());
             std::fs::remove_file(&dst).unwrap();
 
+            sync_all();
             let t = Instant::now();
             let sent = slipway_server::transfer::send_image(
                 &http,

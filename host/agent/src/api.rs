@@ -339,7 +339,7 @@ async fn image_receive(
         while let Some(msg) = rx.blocking_recv() {
             match msg {
                 Msg::Data(chunk) => {
-                    if let Err(e) = receiver.feed(&chunk) {
+                    if let Err(e) = receiver.feed(chunk) {
                         // A bad frame or a full disk: nothing to resume. Else: resume later.
                         if matches!(e, CacheError::Frame(_) | CacheError::NoSpace(_)) {
                             receiver.abandon();

@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -319,7 +320,7 @@ impl Cache {
             digest: digest.to_owned(),
             size,
             file,
-            hasher,
+            hasher: Hasher::new(hasher),
             hashed: from,
             committed: from,
             checkpoint: from,
@@ -341,6 +342,58 @@ impl Drop for Busy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|d| *d != self.digest);
+    }
+}
+
+/// SHA-256 on a thread of its own, fed in order — data, and runs of zeros for holes — so that
+/// hashing overlaps receiving and writing (it is the largest cost of a transfer).
+struct Hasher {
+    tx: Option<std::sync::mpsc::SyncSender<Work>>,
+    thread: Option<std::thread::JoinHandle<Sha256>>,
+}
+
+enum Work {
+    Data(Bytes),
+    Zeros(u64),
+}
+
+impl Hasher {
+    fn new(mut sha: Sha256) -> Self {
+        // A few MiB ahead at most: the chunks are the socket's.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Work>(256);
+        let thread = std::thread::spawn(move || {
+            for work in rx {
+                match work {
+                    Work::Data(b) => sha.update(&b),
+                    Work::Zeros(n) => hash_zeros(&mut sha, n),
+                }
+            }
+            sha
+        });
+        Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, work: Work) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(work);
+        }
+    }
+
+    fn finish(mut self) -> Option<Sha256> {
+        self.tx.take();
+        self.thread.take()?.join().ok()
+    }
+}
+
+impl Drop for Hasher {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -367,7 +420,8 @@ pub struct Receiver {
     digest: String,
     size: u64,
     file: File,
-    hasher: Sha256,
+    hasher: Hasher,
+    /// How far the data given to the hasher (and the file) reaches.
     hashed: u64,
     /// The end of the last whole frame (or of the zeros before a frame in progress).
     committed: u64,
@@ -378,13 +432,13 @@ pub struct Receiver {
 
 impl Receiver {
     /// Takes the next bytes of the body, wherever they cut the frames.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), CacheError> {
+    pub fn feed(&mut self, mut chunk: Bytes) -> Result<(), CacheError> {
         while !chunk.is_empty() {
             if self.decoder.left == 0 {
                 let need = 12 - self.decoder.header.len();
                 let take = need.min(chunk.len());
                 self.decoder.header.extend_from_slice(&chunk[..take]);
-                chunk = &chunk[take..];
+                chunk = chunk.slice(take..);
                 if self.decoder.header.len() < 12 {
                     continue;
                 }
@@ -412,7 +466,7 @@ impl Receiver {
                     )));
                 }
                 // The gap before it is a hole: zeros, hashed without reading.
-                hash_zeros(&mut self.hasher, offset - self.hashed);
+                self.hasher.send(Work::Zeros(offset - self.hashed));
                 self.hashed = offset;
                 self.committed = offset;
                 self.decoder.at = offset;
@@ -420,15 +474,15 @@ impl Receiver {
                 continue;
             }
             let take = (self.decoder.left as usize).min(chunk.len());
-            let data = &chunk[..take];
+            let data = chunk.slice(..take);
             self.file
-                .write_all_at(data, self.decoder.at)
+                .write_all_at(&data, self.decoder.at)
                 .map_err(io("writing the image"))?;
-            self.hasher.update(data);
+            self.hasher.send(Work::Data(data));
             self.decoder.at += take as u64;
             self.hashed = self.decoder.at;
             self.decoder.left -= take as u32;
-            chunk = &chunk[take..];
+            chunk = chunk.slice(take..);
             if self.decoder.left == 0 {
                 self.committed = self.decoder.at;
                 // Not synced first: a resume point ahead of what reached the disk (a power cut)
@@ -471,8 +525,13 @@ impl Receiver {
                 "the body ended inside a frame; the image is kept up to {upto} to resume"
             )));
         }
-        hash_zeros(&mut self.hasher, self.size - self.hashed);
-        let actual = hex::encode(self.hasher.clone().finalize());
+        self.hasher.send(Work::Zeros(self.size - self.hashed));
+        let hasher = std::mem::replace(&mut self.hasher, Hasher::new(Sha256::new()));
+        let Some(sha) = hasher.finish() else {
+            self.cache.drop_partial(&self.digest);
+            return Err(CacheError::Frame("the hashing thread failed".into()));
+        };
+        let actual = hex::encode(sha.finalize());
         if actual != self.digest {
             self.cache.drop_partial(&self.digest);
             return Err(CacheError::Mismatch {
@@ -533,7 +592,7 @@ mod tests {
             .begin(&digest, img.len() as u64, 0, &|_| false)
             .unwrap();
         for chunk in body.chunks(7) {
-            r.feed(chunk).unwrap();
+            r.feed(Bytes::copy_from_slice(chunk)).unwrap();
         }
         assert_eq!(r.finish().unwrap(), img.len() as u64);
         assert_eq!(std::fs::read(cache.path(&digest)).unwrap(), img);
@@ -553,8 +612,8 @@ mod tests {
             .unwrap();
         let first = frame(100, &img[100..200]);
         let second = frame(2 << 20, &img[(2 << 20)..(2 << 20) + 5000]);
-        r.feed(&first).unwrap();
-        r.feed(&second[..50]).unwrap();
+        r.feed(Bytes::copy_from_slice(&first)).unwrap();
+        r.feed(Bytes::copy_from_slice(&second[..50])).unwrap();
         // Everything before the cut frame is there: the first frame, and the hole after it.
         assert_eq!(r.interrupted(), 2 << 20);
         assert_eq!(
@@ -574,7 +633,7 @@ mod tests {
         let mut r = cache
             .begin(&digest, img.len() as u64, 2 << 20, &|_| false)
             .unwrap();
-        r.feed(&second).unwrap();
+        r.feed(Bytes::copy_from_slice(&second)).unwrap();
         r.finish().unwrap();
         assert_eq!(std::fs::read(cache.path(&digest)).unwrap(), img);
 
@@ -585,9 +644,12 @@ mod tests {
         let mut r = cache
             .begin(&digest2, bad.len() as u64, 0, &|_| false)
             .unwrap();
-        r.feed(&frame(100, &bad[100..200])).unwrap();
-        r.feed(&frame(2 << 20, &bad[(2 << 20)..(2 << 20) + 5000]))
-            .unwrap();
+        r.feed(Bytes::from(frame(100, &bad[100..200]))).unwrap();
+        r.feed(Bytes::from(frame(
+            2 << 20,
+            &bad[(2 << 20)..(2 << 20) + 5000],
+        )))
+        .unwrap();
         assert!(matches!(r.finish(), Err(CacheError::Mismatch { .. })));
         assert_eq!(cache.state(&digest2).unwrap(), None);
     }
@@ -603,13 +665,13 @@ mod tests {
             [frame(50, &[1; 10]), frame(40, &[1; 10])].concat(),
         ] {
             let mut r = cache.begin(&d, 100, 0, &|_| false).unwrap();
-            assert!(r.feed(&body).is_err());
+            assert!(r.feed(Bytes::from(body)).is_err());
             r.abandon();
         }
         let mut huge = 0u64.to_be_bytes().to_vec();
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         let mut r = cache.begin(&d, 100, 0, &|_| false).unwrap();
-        assert!(r.feed(&huge).is_err());
+        assert!(r.feed(Bytes::from(huge)).is_err());
         r.abandon();
         assert!(matches!(
             cache.begin(&d, u64::MAX, 0, &|_| false),

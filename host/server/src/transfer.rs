@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 /// Frames carry at most this much data.
-const FRAME: u64 = 4 << 20;
+const FRAME: u64 = 1 << 20;
 /// Frames in flight between the reader and the socket.
 const AHEAD: usize = 4;
 const ATTEMPTS: u32 = 6;
