@@ -174,8 +174,11 @@ async fn cold_transfer(dir: &Path) {
         .args(["--listen", &format!("127.0.0.1:{port}"), "--name", "bench"])
         .arg("--data-dir")
         .arg(&data)
+        .env("SLIPWAY_AGENT_LOG", "slipway_agent=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::File::create(std::env::temp_dir().join("slipway-bench-agent.log")).unwrap(),
+        )
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
@@ -264,10 +267,10 @@ async fn cold_transfer(dir: &Path) {
 
 fn main() {
     // `cargo bench` passes --bench; nothing else is taken.
-    let dir = tempfile::tempdir_in(
-        std::env::var_os("SLIPWAY_BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()),
-    )
-    .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("slipway-bench")
+        .tempdir_in(std::env::var_os("SLIPWAY_BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()))
+        .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

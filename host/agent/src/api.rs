@@ -335,6 +335,7 @@ async fn image_receive(
         Cut,
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(64);
+    let started = std::time::Instant::now();
     let writer = tokio::task::spawn_blocking(move || {
         while let Some(msg) = rx.blocking_recv() {
             match msg {
@@ -355,7 +356,14 @@ async fn image_receive(
                 }
             }
         }
-        receiver.finish().map_err(Some)
+        let received = started.elapsed();
+        let done = receiver.finish().map_err(Some);
+        tracing::debug!(
+            received_ms = received.as_millis() as u64,
+            finished_ms = started.elapsed().as_millis() as u64,
+            "image transfer timing"
+        );
+        done
     });
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {

@@ -6,7 +6,7 @@
 //! the agent's point; a digest mismatch (corrupted on the way) starts again once; a full disk on
 //! the host ends it.
 
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -162,12 +162,29 @@ pub async fn send_image(
                     let mut at = start;
                     while at < end {
                         let len = (end - at).min(FRAME) as usize;
-                        let mut frame = vec![0u8; 12 + len];
-                        frame[..8].copy_from_slice(&at.to_be_bytes());
-                        frame[8..12].copy_from_slice(&(len as u32).to_be_bytes());
-                        if let Err(e) = file.read_exact_at(&mut frame[12..], at) {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
+                        // Read into spare capacity (no zeroing pass first): the header, then
+                        // the data, in one buffer that becomes the body's chunk.
+                        let mut frame = Vec::with_capacity(12 + len);
+                        frame.extend_from_slice(&at.to_be_bytes());
+                        frame.extend_from_slice(&(len as u32).to_be_bytes());
+                        let read = (&file)
+                            .seek(std::io::SeekFrom::Start(at))
+                            .and_then(|_| (&file).take(len as u64).read_to_end(&mut frame));
+                        match read {
+                            Ok(n) if n == len => {}
+                            Ok(n) => {
+                                let _ = tx.blocking_send(Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    format!(
+                                        "the image ended {n} bytes into a {len}-byte extent at {at}"
+                                    ),
+                                )));
+                                return;
+                            }
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(e));
+                                return;
+                            }
                         }
                         if tx.blocking_send(Ok(Bytes::from(frame))).is_err() {
                             return; // the request ended
