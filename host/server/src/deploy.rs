@@ -247,7 +247,7 @@ impl Deployer {
             let placed = match placed {
                 Ok(p) => p,
                 Err(e) => {
-                    self.release_all(&claims).await;
+                    self.undo(&claims, &admitted).await;
                     return Err(match e {
                         PlaceError::NoHost(explanation) => DeployError::NoHost {
                             index: index as u32 + 1,
@@ -298,7 +298,7 @@ impl Deployer {
                 }
             }
             if let Err(e) = inserted {
-                self.release_all(&claims).await;
+                self.undo(&claims, &admitted).await;
                 return Err(e.into());
             }
             admitted.push((vm, DeployParams { vm: id }));
@@ -306,10 +306,17 @@ impl Deployer {
         Ok(admitted)
     }
 
-    async fn release_all(&self, claims: &[String]) {
+    /// A deployment refused part-way: the claims made and the VMs recorded so far go, so that
+    /// nothing of it is left.
+    async fn undo(&self, claims: &[String], admitted: &[(Vm, DeployParams)]) {
         for claim in claims {
             if let Err(e) = self.placement.release(claim).await {
                 tracing::warn!(claim = %claim, error = %e, "releasing a claim of a refused deployment");
+            }
+        }
+        for (vm, _) in admitted {
+            if let Err(e) = self.store.delete_vm(&vm.id).await {
+                tracing::warn!(vm = %vm.id, error = %e, "forgetting a VM of a refused deployment");
             }
         }
     }

@@ -199,4 +199,23 @@ async fn a_deployment_that_cannot_be_met_deploys_nothing() {
     );
     assert_eq!(app.get("/v1/claims").await.body["items"], json!([]));
     assert_eq!(app.get("/v1/vms").await.body["items"], json!([]));
+
+    // Feasible by the numbers, but only one host has UEFI: the first VM is placed and claimed,
+    // the second finds no host — and the first's claim and record go with the refusal.
+    let partial = deploy(
+        &app,
+        &app.requester,
+        json!({"os": {"family": "windows"}, "hardware": {"memory": "4GiB"}, "count": 2,
+               "hostname_pattern": "w-{n}", "placement": {"anti_affinity_group": "w"}}),
+    )
+    .await;
+    assert_eq!(
+        partial.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        partial.body
+    );
+    assert_eq!(partial.problem(), "no-host", "{}", partial.body);
+    assert_eq!(app.get("/v1/claims").await.body["items"], json!([]));
+    assert_eq!(app.get("/v1/vms").await.body["items"], json!([]));
 }
