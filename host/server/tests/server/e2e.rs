@@ -135,6 +135,19 @@ fn the_cli_registers_a_model_vm_from_an_uploaded_image() {
     assert_eq!(fixed["hardware"]["memory"], "8GiB");
     assert_eq!(fixed["hostname_pattern"], "web-{n}");
     assert_eq!(fixed.get("hostname"), None);
+    // Deploying the same request is refused with the same findings, and deploys nothing.
+    let out = server.cli(&requester, &["deploy", request.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("hardware.memory"), "{shown}");
+    assert!(stderr(&out).contains("422"), "{}", stderr(&out));
+    let vms = json_out(&server.cli(&requester, &["vm", "list", "--json"]));
+    assert_eq!(vms, serde_json::json!([]));
+    let out = server.cli(
+        &requester,
+        &["vm", "show", "01a2019f-0000-7000-8000-000000000000"],
+    );
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
 
     let jobs = json_out(&server.cli(&operator, &["job", "list", "--json"]));
     assert_eq!(jobs[0]["kind"], "image.upload");
