@@ -231,6 +231,21 @@ fn findings(reply: &Reply) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The finding of `code` in a 422 answer; `what` names the case when it is not there.
+fn refused_with(reply: &Reply, code: &str, what: &str) -> Value {
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{what}: {}",
+        reply.body
+    );
+    let f = findings(reply);
+    f.iter()
+        .find(|x| x["code"] == code)
+        .cloned()
+        .unwrap_or_else(|| panic!("{what}: no {code} in {f:?}"))
+}
+
 /// One row: a request, whether it is valid, and findings it must have: (field, code,
 /// suggestion; `None` for "any or none").
 struct Row {
@@ -501,17 +516,7 @@ async fn a_table_of_requests_gets_the_findings_and_suggestions_it_should() {
         json!({"os": debian12, "hardware": {"memory": "64GiB"}}),
     )
     .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reply.body
-    );
-    let f = findings(&reply);
-    let now = f
-        .iter()
-        .find(|f| f["code"] == "exceeds-free-now")
-        .unwrap_or_else(|| panic!("{f:?}"));
+    let now = refused_with(&reply, "exceeds-free-now", "infeasible now");
     assert_eq!(now["field"], "hardware.memory");
     assert!(
         now["message"].as_str().unwrap().contains("the largest free is 32 GiB on 1 host (1 more are unreachable, draining or in maintenance)"),
@@ -803,17 +808,7 @@ async fn hostile_validators_are_contained_and_reported() {
             "{mode} took {:?}",
             started.elapsed()
         );
-        assert_eq!(
-            reply.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{mode}: {}",
-            reply.body
-        );
-        let f = findings(&reply);
-        let failed = f
-            .iter()
-            .find(|x| x["code"] == "validator-failed")
-            .unwrap_or_else(|| panic!("{mode}: {f:?}"));
+        let failed = refused_with(&reply, "validator-failed", mode);
         assert_eq!(failed["source"], "plugin:hostile-validator");
         assert!(
             failed["message"].as_str().unwrap().contains(expect),
